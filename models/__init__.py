@@ -1,0 +1,24 @@
+"""ResNets of He et al. 2015 and seed 000, by name: `build_model("resnet32", num_classes=10)`."""
+
+from torch import nn
+
+from models.resnet import FACTORIES, ResNet
+
+MODELS: tuple[str, ...] = tuple(sorted(FACTORIES))
+
+
+def build_model(name: str, num_classes: int, shortcut: str | None = None, **kwargs) -> nn.Module:
+    """Build model `name` with `num_classes` outputs.
+
+    shortcut: None for the family default ("A" for the paper CIFAR nets, "B" for the ImageNet nets
+    and cifar_resnet*); paper CIFAR and ImageNet nets take "A"/"B"/"C", cifar_resnet* take
+    "A-avg"/"B" (aliases "identity"/"projection").
+    kwargs: zero_init_residual (bool, default False), stride_in_1x1 (bool, default True; False
+    only for bottleneck nets, giving torchvision's stride on the 3x3 conv).
+    """
+    if name not in FACTORIES:
+        raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
+    return FACTORIES[name](num_classes=num_classes, shortcut=shortcut, **kwargs)
+
+
+__all__ = ["MODELS", "ResNet", "build_model"]
