@@ -1,0 +1,87 @@
+"""Decode any source image to RGB, cap its shorter side, and (re-)encode it as a JPEG.
+
+One deterministic function serves every output format, so the FFCV and DALI records of an image
+hold the same pixels before their own JPEG encoding.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+EXIF_ORIENTATION = 0x0112
+
+
+class BadImage(ValueError):
+    """The bytes are not a complete, decodable image (the reason is the message)."""
+
+
+@dataclass
+class Prepared:
+    image: Image.Image  # RGB, shorter side <= max_side
+    passthrough: bool  # the source bytes already are this exact image as a plain RGB JPEG
+
+    def array(self) -> np.ndarray:
+        arr = np.asarray(self.image)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise BadImage(f"decoded to {arr.dtype} {arr.shape}, expected uint8 HxWx3")
+        return arr
+
+
+def fit_shorter(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(w, h) scaled down so that min(w, h) == max_side; unchanged when already small enough."""
+    w, h = size
+    short = min(w, h)
+    if short <= max_side:
+        return size
+    scale = max_side / short
+    return (max_side if w == short else max(1, round(w * scale)),
+            max_side if h == short else max(1, round(h * scale)))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")  # composite on white rather than keep what hides under alpha
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    return img.convert("RGB")  # L, CMYK (Adobe-inverted handled by PIL), P, I;16, ...
+
+
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block does not make the pixels bad; just re-encode
+        return None
+
+
+def prepare(data: bytes, max_side: int) -> Prepared:
+    """Decode fully (so truncation is caught), convert to RGB, cap the shorter side."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt, mode, size = img.format, img.mode, img.size
+        orientation = _orientation(img) if fmt == "JPEG" else 1
+        target = fit_shorter(size, max_side)
+        if fmt == "JPEG" and target != size:
+            img.draft(None, target)  # DCT-domain downscale by 2/4/8, never below target
+        img.load()
+        rgb = _to_rgb(img)
+        if rgb.size != target:
+            rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    except UnidentifiedImageError:
+        raise BadImage("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImage(f"{type(err).__name__}: {err}") from None
+    # DALI applies EXIF orientation, PIL/FFCV do not: re-encode (dropping EXIF) so all agree.
+    passthrough = fmt == "JPEG" and mode == "RGB" and target == size and orientation == 1
+    return Prepared(rgb, passthrough)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,162 @@
+"""Atomic, resumable outputs.
+
+Every output is written as `<name>.tmp-<pid>`, fsynced and renamed; then a small record
+`.progress/<name>.json` (fingerprint of source+settings, size, sha256) lets a rerun skip it once
+its sha256 checks again. The manifest is written last, so a killed run never looks complete.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+PROGRESS = ".progress"
+MANIFEST = "manifest.json"
+# Test hook: seconds to sleep after each committed output, so a test can kill a run mid-way.
+SLEEP_ENV = "RESPIPE_CONVERT_TEST_SLEEP"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# Bump when a code change alters what is written, so reruns do not reuse older outputs.
+CONVERTER_REVISION = 1
+
+
+def fingerprint(**parts) -> str:
+    """Identity of a conversion: what the source is and every setting that changes outputs."""
+    blob = json.dumps({"revision": CONVERTER_REVISION, **parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class HashingWriter:
+    """A write-only binary file that hashes what goes through it (tarfile writes sequentially)."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self._h = hashlib.sha256()
+        self._n = 0
+
+    def write(self, data) -> int:
+        self._f.write(data)
+        self._h.update(data)
+        self._n += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._n
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+
+
+class OutputDir:
+    """DIR/<dataset>: one converter at a time (flock), stale temporaries removed on entry."""
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.root = root
+        self.fingerprint = fingerprint
+        root.mkdir(parents=True, exist_ok=True)
+        (root / PROGRESS).mkdir(exist_ok=True)
+        self._lock = open(root / PROGRESS / "lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RuntimeError(f"{root} is being converted by another process") from None
+        # The run may rewrite outputs: until it finishes, nothing may look complete.
+        (root / MANIFEST).unlink(missing_ok=True)
+        for stale in root.rglob(f"*{TMP_MARK}*"):
+            stale.unlink()
+        self._sleep = float(os.environ.get(SLEEP_ENV, "0") or 0)
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def tmp_path(self, rel: str) -> Path:
+        final = self.path(rel)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final.with_name(f"{final.name}{TMP_MARK}{os.getpid()}")
+
+    def _record(self, key: str) -> Path:
+        return self.root / PROGRESS / (key.replace("/", "__") + ".json")
+
+    def note(self, key: str) -> dict | None:
+        """A progress record written by this fingerprint, else None."""
+        try:
+            data = json.loads(self._record(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if data.get("fingerprint") == self.fingerprint else None
+
+    def save_note(self, key: str, data: dict) -> None:
+        write_json_atomic(self._record(key), {"fingerprint": self.fingerprint, **data})
+
+    def done(self, rel: str) -> dict | None:
+        """The record of a finished output whose file still has its size and sha256."""
+        record = self.note(rel)
+        final = self.path(rel)
+        if record is None or not final.is_file() or final.stat().st_size != record["size"]:
+            return None
+        return record if sha256_file(final) == record["sha256"] else None
+
+    def commit(self, rel: str, tmp: Path, sha256: str | None = None, **info) -> str:
+        """fsync and rename tmp to its final name, then record it as done."""
+        if sha256 is None:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            sha256 = sha256_file(tmp)
+        size = tmp.stat().st_size
+        final = self.path(rel)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        self.save_note(rel, {"sha256": sha256, "size": size, **info})
+        if self._sleep:
+            time.sleep(self._sleep)
+        return sha256
+
+    def remove_stale(self, keep: set[str], under: tuple[str, ...]) -> None:
+        """Delete final-named files under `under` that this run did not produce."""
+        for folder in under:
+            for path in sorted(self.path(folder).rglob("*")) if self.path(folder).is_dir() else ():
+                if path.is_file() and path.relative_to(self.root).as_posix() not in keep:
+                    path.unlink()
+                    self._record(path.relative_to(self.root).as_posix()).unlink(missing_ok=True)
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_json_atomic(self.root / MANIFEST, manifest)

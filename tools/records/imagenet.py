@@ -1,0 +1,212 @@
+"""ImageNet source -> FFCV .beton (JPEG) + webdataset shards, resumable shard by shard.
+
+Pass 1 (all formats): a process pool decodes every image (RGB, shorter side capped), which finds
+the undecodable ones before any FFCV writer starts; with "dali" it also writes the shards.
+Each chunk of `shard_size` source images maps to one shard and one progress note (kept count,
+per-class counts, skipped), so a rerun skips finished chunks. Pass 2 ("ffcv") re-decodes the
+kept originals with the same function and lets FFCV JPEG-encode them once.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+
+import numpy as np
+from tqdm import tqdm
+
+from ..datasets.images import BadImage, encode_jpeg, prepare
+from ..datasets.imagenet import Item, load_source, read_item
+from . import manifest
+from .atomic import OutputDir, fingerprint
+from .dali import ShardWriter
+from .ffcv import import_ffcv, page_size_for, write_beton
+
+MAX_SHARD = 1000  # ~110 MB of ImageNet JPEGs: long sequential reads
+MIN_SHARDS = 8  # so that small sets still split across readers/ranks
+
+
+class SkippedImageWarning(UserWarning):
+    pass
+
+
+def auto_shard_size(n: int) -> int:
+    return min(MAX_SHARD, max(1, math.ceil(n / MIN_SHARDS)))
+
+
+def _scan(task: tuple[Item, int, int, bool]):
+    """Pool worker: ("ok", jpeg bytes or None, raw RGB bytes) or ("bad", reason, 0)."""
+    item, max_side, quality, want_jpeg = task
+    data = read_item(item)  # an I/O error is fatal, not a skip
+    try:
+        prepared = prepare(data, max_side)
+        raw = prepared.array().nbytes
+    except BadImage as err:
+        return "bad", str(err), 0
+    if not want_jpeg:
+        return "ok", None, raw
+    return "ok", data if prepared.passthrough else encode_jpeg(prepared.image, quality), raw
+
+
+class _Kept:
+    """dataset[i] -> (RGB uint8 array, label), run by FFCV's writer workers."""
+
+    def __init__(self, items: list[Item], max_side: int):
+        self.items, self.max_side = items, max_side
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        item = self.items[i]
+        return prepare(read_item(item), self.max_side).array(), item.label
+
+
+@dataclass
+class SplitResult:
+    kept: list[Item] = field(default_factory=list)
+    per_class: np.ndarray | None = None
+    skipped: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    written: int = 0  # images processed by this run (not reused)
+    max_raw: int = 0  # largest decoded image in bytes: sizes FFCV's pages
+    shard_size: int = 0
+
+
+@dataclass
+class Job:
+    out: OutputDir
+    formats: tuple[str, ...]
+    workers: int
+    strict: bool
+    quality: int
+    n_classes: int
+
+    def split(self, split: str, items: list[Item], max_side: int, shard_size: int | None):
+        size = shard_size or auto_shard_size(len(items))
+        chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
+        dali = "dali" in self.formats
+        notes, todo = {}, []
+        for k, chunk in enumerate(chunks):
+            note = self.out.note(f"scan/{split}/{k:06d}")
+            if self._reusable(note, dali):
+                notes[k] = note
+            else:
+                todo.append((k, chunk))
+        result = SplitResult(per_class=np.zeros(self.n_classes, dtype=np.int64), shard_size=size)
+        tasks = [(items[i], max_side, self.quality, dali) for _, chunk in todo for i in chunk]
+        if tasks:
+            with Pool(self.workers) as pool:
+                results = pool.imap(_scan, tasks, chunksize=4)
+                bar = tqdm(total=len(tasks), desc=f"{split} decode", unit="img", disable=None)
+                for k, chunk in todo:
+                    notes[k] = self._chunk(split, k, chunk, items, results, dali)
+                    result.written += notes[k]["count"]
+                    bar.update(len(chunk))
+                bar.close()
+        for k, chunk in enumerate(chunks):
+            note = notes[k]
+            dropped = {s["index"] for s in note["skipped"]}
+            result.kept += [items[i] for i in chunk if i not in dropped]
+            result.skipped += [{"file": s["file"], "reason": s["reason"]} for s in note["skipped"]]
+            result.per_class += np.asarray(note["per_class"], dtype=np.int64)
+            result.max_raw = max(result.max_raw, note["max_raw"])
+            if dali:
+                result.files.update(note["files"])
+        if self.strict and result.skipped:
+            first = result.skipped[0]
+            raise ValueError(f"{first['file']}: {first['reason']} (--strict)")
+        for entry in result.skipped:
+            warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning)
+        return result
+
+    def _reusable(self, note: dict | None, dali: bool) -> bool:
+        if note is None or not dali:
+            return note is not None
+        # A dali run needs the chunk's shard: missing if an ffcv-only run did the scan.
+        has_shard = bool(note["files"]) or note["count"] == 0
+        return has_shard and all(self.out.done(rel) for rel in note["files"])
+
+    def _chunk(self, split: str, k: int, chunk: range, items: list[Item], results, dali: bool):
+        shard = ShardWriter(self.out, f"dali/{split}/shard-{k:06d}.tar") if dali else None
+        skipped, per_class, max_raw = [], [0] * self.n_classes, 0
+        for i in chunk:
+            status, payload, raw = next(results)
+            item = items[i]
+            if status == "bad":
+                if self.strict:
+                    raise ValueError(f"{item.name}: undecodable image ({payload}) (--strict)")
+                skipped.append({"file": item.name, "reason": payload, "index": i})
+                continue
+            per_class[item.label] += 1
+            max_raw = max(max_raw, raw)
+            if shard is not None:
+                shard.add(item.key, payload, item.label)
+        files = {}
+        if shard is not None:
+            files = shard.commit() if len(shard) else shard.discard() or {}
+        note = {"count": sum(per_class), "per_class": per_class, "skipped": skipped,
+                "files": files, "max_raw": max_raw}
+        self.out.save_note(f"scan/{split}/{k:06d}", note)
+        return note
+
+
+def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_quality,
+                     train_max_side, val_max_side, shard_size, shuffle_seed=0):
+    source = load_source(src, allow_subset)
+    if strict and source.skipped:
+        first = source.skipped[0]
+        raise ValueError(f"{first['file']}: {first['reason']} (--strict)")
+    for entry in source.skipped:
+        warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning)
+    max_side = {"train": train_max_side, "val": val_max_side}
+    settings = {"jpeg_quality": jpeg_quality, "max_shorter_side": max_side,
+                "shard_size": shard_size, "shuffle_seed": shuffle_seed,
+                "allow_subset": allow_subset}
+    if "ffcv" in formats:
+        import_ffcv()  # fail early, and keep its slow import out of the timings
+    out = OutputDir(root, fingerprint(dataset="imagenet", source=source.identity,
+                                      settings=settings))
+    try:
+        job = Job(out, formats, workers, strict, jpeg_quality, len(source.classes))
+        order = np.random.default_rng(shuffle_seed).permutation(len(source.splits["train"]))
+        splits = {"train": [source.splits["train"][i] for i in order],
+                  "val": source.splits["val"]}
+        report = {f: {"images": 0, "seconds": 0.0} for f in ("dali", "ffcv", "decode")}
+        stage = "dali" if "dali" in formats else "decode"
+        results = {}
+        for split, items in splits.items():
+            t0 = time.perf_counter()
+            results[split] = job.split(split, items, max_side[split], shard_size)
+            report[stage]["seconds"] += time.perf_counter() - t0
+            report[stage]["images"] += results[split].written
+        files = {rel: sha for r in results.values() for rel, sha in r.files.items()}
+        for split, r in results.items():
+            rel = f"ffcv/{split}.beton"
+            if "ffcv" not in formats:
+                continue
+            done = out.done(rel)
+            if done:
+                files[rel] = done["sha256"]
+                continue
+            t0 = time.perf_counter()
+            files[rel] = write_beton(out, rel, _Kept(r.kept, max_side[split]), workers=workers,
+                                     jpeg_quality=jpeg_quality, page_size=page_size_for(r.max_raw))
+            report["ffcv"]["seconds"] += time.perf_counter() - t0
+            report["ffcv"]["images"] += len(r.kept)
+        out.remove_stale(set(files), under=("ffcv", "dali"))
+        splits_info = {split: {"count": len(r.kept), "per_class": r.per_class.tolist(),
+                               "shard_size": r.shard_size,
+                               "shards": sum(rel.endswith(".tar") for rel in r.files)}
+                       for split, r in results.items()}
+        extra = {"class_names": source.class_names} if source.class_names else {}
+        return manifest.build(
+            out, dataset="imagenet", source={"path": str(src), **source.identity},
+            settings={**settings, "formats": list(formats)}, classes=source.classes,
+            splits=splits_info, files=files,
+            skipped=source.skipped + [s for r in results.values() for s in r.skipped], **extra,
+        ), report
+    finally:
+        out.close()
