@@ -1,0 +1,341 @@
+"""The DALI backend: one DALI pipeline per pass, adapted to the respipe batch contract.
+
+ImageNet: fn.readers.webdataset over the shards (.idx indexes) -> fn.decoders.image ("mixed" on a
+GPU) -> fn.resize to shorter side S (torchvision's size rule, see resize_shorter) ->
+fn.crop_mirror_normalize, with the PCA lighting folded into a per-sample mean
+(mean - 255 * eigvec @ (alpha * eigval)). Eval crops sit where torchvision's center_crop and
+ten_crop put them (see eval_crops), so all backends evaluate the same pixels.
+CIFAR: fn.external_source feeds the batches of records.EpochPlan from the .npy arrays; the
+pad-and-crop is one fn.slice with out-of-bounds padding, flip and normalize one
+crop_mirror_normalize.
+
+Determinism: every pass (`iter(loader)`) builds a fresh pipeline seeded from (seed, epoch, rank),
+so a pass is a function of (seed, epoch, rank, start) whatever happened before. Train shards
+stick to `(rank + epoch) % world_size` (DALI's own rotation, made explicit); the reader shuffles
+within a buffer of `initial_fill` samples (fn.readers.webdataset has no global shuffle, so the
+converter's sample order matters). Every rank stops after the same number of batches (the
+smallest shard's). Resuming with `start` > 0: CIFAR skips exactly; the webdataset reader cannot
+seek, so the first `start` batches are decoded and dropped. Eval keeps every sample: the readers
+pad their last batch and the iterator trims it (LastBatchPolicy.PARTIAL).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipelines import canonical_split, ops
+from pipelines.records import EpochPlan, cifar_split, read_manifest, shard_paths, split_count
+from pipelines.spec import DataConfig, dataset_stats
+
+SHUFFLE_BUFFER = 4096  # samples in the webdataset reader's shuffle buffer (encoded JPEGs)
+
+
+def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
+          seed: int = 0, eval_mode: str = "center", scale: int | None = None):
+    device = torch.device(device)
+    if data_cfg.dataset == "imagenet":
+        return ImageNetLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
+    return CifarLoader(data_cfg, split, device, rank, world_size, seed)
+
+
+def _dali():
+    try:
+        import nvidia.dali
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"data.backend='dali' needs nvidia-dali ({error}); run `make install`") \
+            from error
+    return nvidia.dali
+
+
+def device_id(device: torch.device) -> int | None:
+    """DALI's device_id: the CUDA device's index, None for an all-CPU pipeline."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _normalize_args(cfg: DataConfig, shift=None):
+    """crop_mirror_normalize's (mean, std) on the 0-255 scale, the lighting shift (0-1 scale)
+    added by lowering the mean. With aug.mean_image, DALI only adds the shift and
+    ops.Normalize subtracts the per-pixel mean afterwards."""
+    from nvidia.dali import types
+
+    if cfg.aug.mean_image:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean, std = (tuple(255.0 * v for v in stat) for stat in dataset_stats(cfg))
+    if shift is None:
+        return list(mean), list(std)
+    return types.Constant(np.float32(mean)) - 255.0 * shift, list(std)
+
+
+def lighting_shift(aug):
+    """Per-sample (3,) RGB shift on the 0-1 scale: eigvec @ (alpha * eigval), alpha ~ N(0, std)."""
+    from nvidia.dali import fn, types
+
+    alpha = fn.random.normal(shape=[3], stddev=aug.lighting_std)
+    weighted = types.Constant(np.float32(aug.eigvec)) * (alpha * types.Constant(
+        np.float32(aug.eigval)))
+    return fn.reductions.sum(weighted, axes=[1])
+
+
+def resize_shorter(images, jpegs, size):
+    """fn.resize to shorter side `size` (int or DataNode) with torchvision's rule for the longer
+    side (floor; DALI's resize_shorter rounds, which shifts content by up to half a pixel).
+    Returns (images, height, width), the sizes as FLOAT64 DataNodes."""
+    from nvidia.dali import fn, math, types
+
+    shape = fn.cast(fn.peek_image_shape(jpegs), dtype=types.FLOAT64)
+    height, width = shape[0], shape[1]
+    size = fn.cast(size, dtype=types.FLOAT64) if not isinstance(size, int) else float(size)
+    portrait = fn.cast(width <= height, dtype=types.FLOAT64)
+    longer = math.floor(size * math.max(height, width) / math.min(height, width))
+    out_h = portrait * longer + (1.0 - portrait) * size
+    out_w = portrait * size + (1.0 - portrait) * longer
+    images = fn.resize(images, resize_y=fn.cast(out_h, dtype=types.FLOAT),
+                       resize_x=fn.cast(out_w, dtype=types.FLOAT))
+    return images, out_h, out_w
+
+
+def eval_crops(height, width, crop: int, ten: bool):
+    """[(top, left, mirror)] of torchvision's center crop (offsets rounded half to even, as
+    Python's round) or of its ten_crop: 4 corners + center, then the same five of the mirror
+    image (its top-left is the mirrored top-right, and so on)."""
+    from nvidia.dali import math
+
+    def half_to_even(free):
+        half = math.floor(free / 2)
+        return half + (free - 2 * math.floor(free / 2)) * (half - 2 * math.floor(half / 2))
+
+    free_h, free_w = height - crop, width - crop
+    top, left = half_to_even(free_h), half_to_even(free_w)
+    if not ten:
+        return [(top, left, 0)]
+    return [(0.0, 0.0, 0), (0.0, free_w, 0), (free_h, 0.0, 0), (free_h, free_w, 0),
+            (top, left, 0), (0.0, free_w, 1), (0.0, 0.0, 1), (free_h, free_w, 1),
+            (free_h, 0.0, 1), (top, free_w - left, 1)]
+
+
+def crop_position(offset, free):
+    """crop_mirror_normalize's relative position for a whole-pixel offset (DALI rounds
+    position * free to the nearest pixel, so the offset comes back exactly)."""
+    from nvidia.dali import fn, math, types
+
+    if isinstance(offset, float) and offset == 0.0:
+        return 0.0
+    return fn.cast(offset / math.max(free, 1.0), dtype=types.FLOAT)
+
+
+class _Loader:
+    """A fresh DALI pipeline per pass; DALI's outputs turned into the contract's batches."""
+
+    def __init__(self, cfg: DataConfig, device: torch.device, rank: int, seed: int):
+        _dali()
+        self.cfg, self.aug, self.device, self.rank, self.seed = cfg, cfg.aug, device, rank, seed
+        self.device_id = device_id(device)
+        self.threads = max(1, cfg.num_workers)
+        self.mean_image = ops.Normalize(cfg, device) if cfg.aug.mean_image else None
+        self.dtype = ops.DTYPES[cfg.dtype]
+
+    def _pipeline_seed(self, epoch: int) -> int:
+        return ops.mix_seed(self.seed, epoch, self.rank) % (2 ** 31)
+
+    def _iterator(self, pipe, outputs: list[str], reader: bool, train: bool):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
+        extra = {"reader_name": "Reader"} if reader else {}
+        return DALIGenericIterator([pipe], outputs, last_batch_policy=policy,
+                                   prepare_first_batch=False, **extra)
+
+    def _images(self, data: torch.Tensor) -> torch.Tensor:
+        data = data.to(self.device, non_blocking=True)
+        if self.mean_image is not None:
+            return self.mean_image(data)
+        flat = data.flatten(0, 1) if data.dim() == 5 else data  # tencrop (B, 10, 3, H, W)
+        flat = ops.finish(flat, self.dtype, self.cfg.channels_last)
+        return flat.unflatten(0, data.shape[:2]) if data.dim() == 5 else flat
+
+
+class ImageNetLoader(_Loader):
+    def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
+                 world_size: int, seed: int, eval_mode: str, scale: int | None):
+        super().__init__(cfg, device, rank, seed)
+        self.split = canonical_split(cfg.dataset, split)
+        self.train, self.eval_mode, self.scale = self.split == "train", eval_mode, scale
+        self.world_size, self.epoch, self.start = world_size, 0, 0
+        self.shards = [str(p) for p in shard_paths(cfg.root, self.split)]
+        self.indexes = [p[:-len(".tar")] + ".idx" for p in self.shards]
+        for index in self.indexes:
+            with open(index, "rb"):  # a clear error now rather than inside DALI later
+                pass
+        count = split_count(read_manifest(cfg.root, cfg.dataset), self.split, cfg.root)
+        self.batch = cfg.batch_size if self.train else cfg.eval_batch_size
+        if eval_mode == "multiscale":
+            self.batch = 1  # whole images of varying aspect ratio
+        # DALI's shard r is samples [count * r // k, count * (r + 1) // k).
+        shares = [count * (r + 1) // world_size - count * r // world_size
+                  for r in range(world_size)]
+        if self.train:
+            self.length = min(shares) // self.batch
+            if self.length == 0:
+                raise ValueError(f"{count} samples over {world_size} rank(s) make no full "
+                                 f"batch of {self.batch}; lower data.batch_size")
+        else:
+            self.length = -(-shares[rank] // self.batch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if epoch < 0 or not 0 <= start <= len(self):
+            raise ValueError(f"set_epoch(epoch={epoch}, start={start}): need epoch >= 0 and "
+                             f"0 <= start <= {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start)
+
+    def _pipeline(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        aug, train, gpu = self.aug, self.train, self.device_id is not None
+        shard = (self.rank + self.epoch) % self.world_size if train else self.rank
+
+        @pipeline_def(batch_size=self.batch, num_threads=self.threads,
+                      device_id=self.device_id, seed=self._pipeline_seed(self.epoch))
+        def pipe():
+            jpegs, labels = fn.readers.webdataset(
+                paths=self.shards, index_paths=self.indexes, ext=["jpg", "cls"],
+                missing_component_behavior="error", shard_id=shard,
+                num_shards=self.world_size, stick_to_shard=True, random_shuffle=train,
+                initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name="Reader")
+            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
+                                       output_type=types.RGB)
+            labels = fn.pad(labels, fill_value=0)  # ASCII digits, zero-padded to one width
+            if train:
+                images, _, _ = resize_shorter(images, jpegs, fn.random.uniform(
+                    values=list(range(aug.scale_min, aug.scale_max + 1))))
+                shift = lighting_shift(aug) if aug.lighting_std > 0 else None
+                mean, std = _normalize_args(self.cfg, shift)
+                crop = fn.crop_mirror_normalize(
+                    images, crop=(aug.crop, aug.crop), crop_pos_x=fn.random.uniform(range=(0, 1)),
+                    crop_pos_y=fn.random.uniform(range=(0, 1)),
+                    mirror=fn.random.coin_flip(probability=aug.flip_p), mean=mean, std=std,
+                    dtype=types.FLOAT, output_layout="CHW")
+                return crop, labels
+            mean, std = _normalize_args(self.cfg)
+            size = self.scale if self.eval_mode == "multiscale" else aug.eval_resize
+            images, height, width = resize_shorter(images, jpegs, size)
+            if self.eval_mode == "multiscale":
+                whole = fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT,
+                                                 output_layout="CHW")
+                return whole, labels
+            places = eval_crops(height, width, aug.crop, ten=self.eval_mode == "tencrop")
+            crops = [fn.crop_mirror_normalize(
+                images, crop=(aug.crop, aug.crop), mirror=mirror, mean=mean, std=std,
+                crop_pos_y=crop_position(top, height - aug.crop),
+                crop_pos_x=crop_position(left, width - aug.crop),
+                dtype=types.FLOAT, output_layout="CHW") for top, left, mirror in places]
+            return (*crops, labels)
+
+        return pipe()
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        if start >= len(self):
+            return
+        pipe = self._pipeline()
+        pipe.build()
+        n_images = 10 if self.eval_mode == "tencrop" else 1
+        names = [f"image{i}" for i in range(n_images)] + ["label"]
+        iterator = self._iterator(pipe, names, reader=True, train=self.train)
+        try:
+            for number, (outputs,) in enumerate(iterator):
+                if number >= len(self):
+                    break
+                if number < start:
+                    continue
+                images = [outputs[name] for name in names[:-1]]
+                images = torch.stack(images, 1) if n_images > 1 else images[0]
+                yield self._images(images), self._labels(outputs["label"])
+        finally:
+            del iterator, pipe
+
+    def _labels(self, ascii_digits: torch.Tensor) -> torch.Tensor:
+        """(B, L) zero-padded ASCII of the .cls members -> int64 (B,) on the device."""
+        codes = ascii_digits.cpu().long()
+        digit = (codes >= 48) & (codes <= 57)
+        blank = (codes == 0) | (codes == 9) | (codes == 10) | (codes == 13) | (codes == 32)
+        bad = ~((digit | blank).all(1) & digit.any(1))
+        if bool(bad.any()):
+            row = codes[int(bad.nonzero()[0, 0])]
+            raise ValueError(f"{self.cfg.root}/dali/{self.split}: a .cls member is not a class "
+                             f"index: {bytes(row[row > 0].tolist())!r}")
+        value = torch.zeros(len(codes), dtype=torch.int64)
+        for column in codes.T:
+            value = torch.where(column >= 48, value * 10 + column - 48, value)
+        return value.to(self.device, non_blocking=True)
+
+
+class CifarLoader(_Loader):
+    def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
+                 world_size: int, seed: int):
+        super().__init__(cfg, device, rank, seed)
+        self.train = split == "train"
+        self.images, self.labels = cifar_split(cfg, split)
+        batch = cfg.batch_size if self.train else cfg.eval_batch_size
+        self.plan = EpochPlan(len(self.labels), batch, rank, world_size, seed,
+                              shuffle=self.train, drop_last=self.train)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.plan.set_epoch(epoch, start)
+
+    def _pipeline(self, source):
+        from nvidia.dali import fn, pipeline_def, types
+
+        aug, gpu = self.aug, self.device_id is not None
+
+        @pipeline_def(batch_size=self.plan.batch_size, num_threads=self.threads,
+                      device_id=self.device_id, seed=self._pipeline_seed(self.plan.epoch))
+        def pipe():
+            images, labels = fn.external_source(source=source, num_outputs=2, batch=True,
+                                                layout=["HWC", ""], cycle="raise",
+                                                dtype=[types.UINT8, types.INT64])
+            if gpu:
+                images = images.gpu()
+            mean, std = _normalize_args(self.cfg)
+            if not self.train:
+                return fn.crop_mirror_normalize(images, mean=mean, std=std, dtype=types.FLOAT,
+                                                output_layout="CHW"), labels
+            if aug.pad > 0:
+                anchor = fn.random.uniform(values=list(range(-aug.pad, aug.pad + 1)), shape=[2],
+                                           dtype=types.INT32)
+                images = fn.slice(images, start=anchor, shape=list(self.images.shape[1:3]),
+                                  axis_names="HW", out_of_bounds_policy="pad", fill_values=0)
+            images = fn.crop_mirror_normalize(
+                images, mirror=fn.random.coin_flip(probability=aug.flip_p), mean=mean, std=std,
+                dtype=types.FLOAT, output_layout="CHW")
+            return images, labels
+
+        return pipe()
+
+    def __iter__(self):
+        batches = [positions for _, positions in self.plan.batches()]
+        if not batches:
+            return
+
+        def source():
+            for positions in batches:
+                yield self.images[positions], self.labels[positions]
+
+        pipe = self._pipeline(source)
+        pipe.build()
+        iterator = self._iterator(pipe, ["image", "label"], reader=False, train=self.train)
+        try:
+            for (outputs,) in iterator:
+                labels = outputs["label"].reshape(-1).to(self.device, non_blocking=True)
+                yield self._images(outputs["image"]), labels
+        finally:
+            del iterator, pipe

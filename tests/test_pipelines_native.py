@@ -1,0 +1,436 @@
+"""Unit tests of the shared ops, the record readers, build_loader's checks, and the native,
+torchvision-baseline and synthetic loaders on tiny records written here."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from pattern_fixture import pattern_records_for
+from pipelines import AugSpec, DataConfig, build_loader, ops
+from pipelines.records import (EpochPlan, ShardReader, cifar_split_indices, read_manifest,
+                               shard_index, shard_indices)
+from pipelines.spec import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
+
+
+@pytest.fixture(scope="session")
+def pattern_records(tmp_path_factory):
+    """ImageNet-format records of tests/pattern_fixture.py (converted once per session)."""
+    return pattern_records_for(tmp_path_factory)
+
+
+# ----------------------------------------------------------------------------- tiny records
+def write_manifest(root, dataset, counts, classes):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps({
+        "dataset": dataset, "version": 1, "source": "test", "settings": {}, "classes": classes,
+        "splits": {split: {"count": n, "per_class": []} for split, n in counts.items()},
+        "files": {}, "skipped": []}))
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    """CIFAR-format records: 120 train / 30 test random images; every train image's top-left
+    pixel holds its index (R = i % 256, G = i // 256) so outputs can be traced back."""
+    root = tmp_path_factory.mktemp("tiny") / "cifar10"
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 120), ("test", 30)):
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.int64)
+        arrays[split] = images, labels
+        (root / "dali").mkdir(parents=True, exist_ok=True)
+        np.save(root / "dali" / f"{split}_images.npy", images)
+        np.save(root / "dali" / f"{split}_labels.npy", labels)
+    write_manifest(root, "cifar10", {"train": 120, "test": 30}, [str(i) for i in range(10)])
+    return root, arrays
+
+
+def cifar_cfg(root, backend="native", **kw) -> DataConfig:
+    kw.setdefault("val_size", 20)
+    return DataConfig(dataset="cifar10", root=str(root), backend=backend, batch_size=16,
+                      eval_batch_size=7, num_workers=0, **kw)
+
+
+def to_uint8(images: torch.Tensor, cfg: DataConfig) -> np.ndarray:
+    return np.round(ops.unnormalize(images, cfg).numpy() * 255).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- ops
+def test_mix_seed():
+    assert ops.mix_seed(1, 2, 3) == ops.mix_seed(1, 2, 3)
+    assert len({ops.mix_seed(0, e, r) for e in range(50) for r in range(4)}) == 200
+    assert 0 <= ops.mix_seed(7) < 2**63
+
+
+def test_random_flip_per_sample():
+    images = torch.arange(4000 * 3 * 2 * 5, dtype=torch.float32).view(4000, 3, 2, 5)
+    out = ops.random_flip(images, 0.5, ops.make_generator("cpu", 0))
+    same = (out == images).flatten(1).all(1)
+    mirrored = (out == images.flip(-1)).flatten(1).all(1)
+    assert (same ^ mirrored).all()
+    assert abs(mirrored.float().mean().item() - 0.5) < 0.03  # 4000 draws: SE 0.008
+    assert torch.equal(ops.random_flip(images, 0.0, None), images)
+    assert torch.equal(ops.random_flip(images, 1.0, ops.make_generator("cpu", 1)),
+                       images.flip(-1))
+
+
+def test_pad_random_crop_is_a_shifted_window():
+    images = torch.randint(1, 256, (600, 3, 8, 8), dtype=torch.uint8)
+    out = ops.pad_random_crop(images, 2, ops.make_generator("cpu", 0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    shifts = []
+    for i in range(len(images)):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert len(found) == 1
+        shifts.append(found[0])
+    counts = np.bincount([dy * 5 + dx for dy, dx in shifts], minlength=25)
+    assert counts.min() > 6  # all 25 shifts occur (600 draws, 24 expected each)
+    flipped = ops.pad_random_crop(images, 2, ops.make_generator("cpu", 0), flip_p=1.0)
+    assert out.shape == flipped.shape == images.shape
+
+
+@pytest.mark.parametrize("width", [8, 4, 9])  # int64, int32 and byte row words
+def test_crop_flip_gather_matches_slicing(width):
+    images = torch.randint(0, 256, (50, 8, width, 3), dtype=torch.uint8)
+    store = ops.pixel_store(images, 2)
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (2, 2, 2, 2))
+    samples = torch.tensor([3, 7, 7, 49, 0])
+    rows, cols = ops.crop_flip_indices(5, (8, width), 2, 0.5, ops.make_generator("cpu", 3),
+                                       "cpu")
+    out = ops.gather_crops(store, samples, rows, cols)
+    assert out.shape == (5, 3, 8, width)
+    for i, s in enumerate(samples.tolist()):
+        top, left = int(rows[i, 0]), int(min(cols[i, 0], cols[i, -1]))
+        want = padded[s, :, top:top + 8, left:left + width]
+        if cols[i, 0] > cols[i, -1]:
+            want = want.flip(-1)
+        assert torch.equal(out[i], want)
+    assert torch.equal(ops.take(ops.pixel_store(images), samples),
+                       images[samples].permute(0, 3, 1, 2))
+
+
+def test_lighting_shift_covariance():
+    shift = ops.lighting_shift(200_000, AugSpec(), ops.make_generator("cpu", 0), "cpu")
+    eigvec, eigval = np.array(IMAGENET_EIGVEC), np.array(IMAGENET_EIGVAL)
+    expected = eigvec @ np.diag((0.1 * eigval) ** 2) @ eigvec.T
+    np.testing.assert_allclose(np.cov(shift.numpy().T), expected, atol=0.02 * expected.max())
+    alpha = shift.numpy() @ eigvec / eigval  # eigvec is orthonormal to 4 decimals
+    np.testing.assert_allclose(alpha.std(0), 0.1, rtol=0.01)
+    assert ops.lighting_shift(3, AugSpec(lighting_std=0), None, "cpu").abs().max() == 0
+
+
+def test_normalize_uint8_float_shift_and_layout(tmp_path):
+    cfg = DataConfig()
+    normalize = ops.Normalize(cfg, "cpu")
+    images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
+    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    want = (images.float() / 255 - mean) / std
+    out = normalize(images)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(normalize(images.float()), want)  # float on the 0-255 scale
+    shift = torch.randn(4, 3) * 0.02
+    torch.testing.assert_close(normalize(images, shift),
+                               (images.float() / 255 + shift.view(4, 3, 1, 1) - mean) / std)
+    tencrop = normalize(images[:, None].expand(4, 10, 3, 5, 6), shift)
+    assert tencrop.shape == (4, 10, 3, 5, 6)
+    torch.testing.assert_close(tencrop[:, 7], normalize(images, shift))
+    pixel_major = images.contiguous(memory_format=torch.channels_last)  # the fast path
+    torch.testing.assert_close(normalize(pixel_major, shift), normalize(images, shift))
+    torch.testing.assert_close(normalize(pixel_major.float(), shift), normalize(images, shift))
+    cfg.dtype, cfg.channels_last = "bfloat16", False
+    out = ops.Normalize(cfg, "cpu")(images)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous()
+
+
+def test_mean_image(tmp_path):
+    mean_image = np.random.default_rng(0).uniform(0.2, 0.8, (5, 6, 3)).astype(np.float32)
+    np.save(tmp_path / "mean.npy", mean_image)
+    cfg = DataConfig(aug=AugSpec(mean_image=str(tmp_path / "mean.npy")))
+    images = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
+    std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    want = (images.float() / 255 - torch.from_numpy(mean_image).permute(2, 0, 1)) / std
+    torch.testing.assert_close(ops.Normalize(cfg, "cpu")(images), want)
+    pixel_major = images.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ops.Normalize(cfg, "cpu")(pixel_major), want)
+    assert ops.Normalize(cfg, "cpu")(torch.zeros(1, 3, 10, 12)).shape == (1, 3, 10, 12)
+    np.save(tmp_path / "bad.npy", mean_image * 255)
+    with pytest.raises(ValueError, match="0-1 scale"):
+        ops.load_mean_image(tmp_path / "bad.npy")
+    np.save(tmp_path / "gray.npy", mean_image[..., 0])
+    with pytest.raises(ValueError, match="H x W x 3"):
+        ops.load_mean_image(tmp_path / "gray.npy")
+    with pytest.raises(FileNotFoundError, match="mean_image"):
+        ops.load_mean_image(tmp_path / "missing.npy")
+
+
+def test_ten_crop_and_resize():
+    image = torch.arange(300 * 400, dtype=torch.float32).view(1, 300, 400).expand(3, -1, -1)
+    assert ops.resize_shorter(image, 256).shape == (3, 256, 341)
+    crops = ops.ten_crop(image, 256, 224)
+    assert crops.shape == (10, 3, 224, 224)
+    resized = ops.resize_shorter(image, 256)
+    torch.testing.assert_close(crops[0], resized[:, :224, :224])
+    torch.testing.assert_close(crops[3], resized[:, -224:, -224:])
+    torch.testing.assert_close(crops[5], resized[:, :224, -224:].flip(-1))
+    with pytest.raises(ValueError, match="smaller than"):
+        ops.random_crop_box(200, 300, 224, ops.make_generator("cpu", 0))
+
+
+# ----------------------------------------------------------------------------- records
+@pytest.mark.parametrize("n,world,batch", [(103, 1, 8), (103, 2, 8), (100, 3, 7), (5, 2, 2)])
+def test_shard_indices(n, world, batch):
+    for epoch in (0, 1):
+        train = [shard_indices(n, r, world, 0, epoch, True, True, batch) for r in range(world)]
+        assert len({len(t) for t in train}) == 1 and len(train[0]) % batch == 0
+        assert len(train[0]) == (n // world) // batch * batch
+        flat = np.concatenate(train)
+        assert len(set(flat)) == len(flat) and set(flat) <= set(range(n))
+        evals = [shard_indices(n, r, world, 0, epoch, False, False, batch) for r in range(world)]
+        assert sorted(np.concatenate(evals).tolist()) == list(range(n))
+    first = shard_indices(n, 0, world, 0, 0, True, True, batch)
+    assert np.array_equal(first, shard_indices(n, 0, world, 0, 0, True, True, batch))
+    if len(first) > 3:
+        assert not np.array_equal(first, shard_indices(n, 0, world, 0, 1, True, True, batch))
+
+
+def test_epoch_plan():
+    plan = EpochPlan(50, 8, 0, 1, seed=0, shuffle=False, drop_last=False)
+    assert len(plan) == 7 and [len(b) for _, b in plan.batches()] == [8] * 6 + [2]
+    plan.set_epoch(0, start=5)
+    assert [n for n, _ in plan.batches()] == [5, 6]
+    assert len(list(plan.batches())) == 7  # start applies to one pass only
+    with pytest.raises(ValueError, match="start"):
+        plan.set_epoch(0, start=8)
+    with pytest.raises(ValueError, match="no full batch"):
+        EpochPlan(10, 8, 0, 2, 0, True, True)
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, "cifar10", {"train": 1}, ["a"])
+    with pytest.raises(ValueError, match="'cifar10' but data.dataset='imagenet'"):
+        read_manifest(tmp_path, "imagenet")
+    (tmp_path / "manifest.json").write_text(json.dumps({"dataset": "cifar10", "version": 9,
+                                                        "classes": [], "splits": {}}))
+    with pytest.raises(ValueError, match="version 9"):
+        read_manifest(tmp_path)
+
+
+def test_cifar_split_indices(tiny_cifar):
+    root, _ = tiny_cifar
+    cfg = cifar_cfg(root)
+    train, val = cifar_split_indices(cfg, "train"), cifar_split_indices(cfg, "val")
+    assert len(train) == 100 and len(val) == 20 and not set(train) & set(val)
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(120))
+    assert np.array_equal(val, cifar_split_indices(cifar_cfg(root), "val"))  # fixed seed
+    assert not np.array_equal(val, cifar_split_indices(cifar_cfg(root, split_seed=1), "val"))
+    assert len(cifar_split_indices(cifar_cfg(root, val_size=0), "train")) == 120
+    assert np.array_equal(cifar_split_indices(cfg, "test"), np.arange(30))
+    with pytest.raises(ValueError, match="val_size"):
+        cifar_split_indices(cifar_cfg(root, val_size=120), "train")
+
+
+def write_shard(path, samples, with_index):
+    offsets = []
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, payload, label in samples:
+            line = []
+            for ext, data in (("jpg", payload), ("cls", str(label).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                line.append(f"{ext} {tar.offset - -(-len(data) // 512) * 512} {len(data)} "
+                            f"{key}.{ext}")
+            offsets.append(" ".join(line))
+    if with_index:
+        path.with_suffix(".idx").write_text(f"v1.2 {len(samples)}\n" + "\n".join(offsets) + "\n")
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+def test_shard_reader(tmp_path, with_index):
+    root = tmp_path / "imagenet"
+    (root / "dali" / "val").mkdir(parents=True)
+    samples = [(f"k{i:03d}", bytes([i]) * (100 + 700 * i), i % 3) for i in range(5)]
+    write_shard(root / "dali" / "val" / "shard-000000.tar", samples[:3], with_index)
+    write_shard(root / "dali" / "val" / "shard-000001.tar", samples[3:], with_index)
+    write_manifest(root, "imagenet", {"train": 0, "val": 5}, ["a", "b", "c"])
+    reader = ShardReader(shard_index(root, "val"))
+    assert len(reader) == 5
+    for i, (_, payload, label) in enumerate(samples):
+        assert reader.read(i) == (payload, label)
+    assert reader.labels().tolist() == [0, 1, 2, 0, 1]
+    write_manifest(root, "imagenet", {"train": 0, "val": 6}, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="manifest.json says 6"):
+        shard_index(root, "val")
+
+
+# ----------------------------------------------------------------------------- build_loader
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(split="valid"), "split='valid'"),
+    (dict(split="train", eval_mode="tencrop"), "eval splits"),
+    (dict(split="test", eval_mode="tencrop"), "ImageNet-only"),
+    (dict(split="test", eval_mode="sideways"), "eval_mode='sideways'"),
+    (dict(split="test", scale=256), "only used with eval_mode='multiscale'"),
+    (dict(split="test", rank=2, world_size=2), "rank=2"),
+])
+def test_build_loader_refuses(tiny_cifar, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_loader(cifar_cfg(tiny_cifar[0]), device="cpu", **kwargs)
+
+
+def test_build_loader_refuses_imagenet_multiscale_without_scale(tmp_path):
+    cfg = DataConfig(dataset="imagenet", root=str(tmp_path))
+    with pytest.raises(ValueError, match="needs scale"):
+        build_loader(cfg, "val", "cpu", eval_mode="multiscale")
+    with pytest.raises(ValueError, match="data.backend='tfdata'"):
+        DataConfig(backend="tfdata")
+
+
+# ----------------------------------------------------------------------------- loaders
+def traced(images: np.ndarray, source: np.ndarray):
+    """For a train crop (pad 4) of a tiny-CIFAR image: the (dy, dx, flipped) that reproduces it
+    from `source`, or None."""
+    padded = np.pad(source.transpose(2, 0, 1), ((0, 0), (4, 4), (4, 4)))
+    for flipped in (False, True):
+        for dy in range(9):
+            for dx in range(9):
+                window = padded[:, dy:dy + 32, dx:dx + 32]
+                if np.array_equal(images, window[..., ::-1] if flipped else window):
+                    return dy, dx, flipped
+    return None
+
+
+def test_native_cifar_train_is_crop_and_flip_of_the_right_images(tiny_cifar):
+    root, arrays = tiny_cifar
+    cfg = cifar_cfg(root)
+    loader = build_loader(cfg, "train", "cpu", seed=4)
+    assert len(loader) == 100 // 16
+    train_index = cifar_split_indices(cfg, "train")
+    images, labels = arrays["train"]
+    flips, seen = [], []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        plan = shard_indices(100, 0, 1, 4, epoch, True, True, 16)
+        got = [(to_uint8(x, cfg), y.numpy()) for x, y in loader]
+        batch_images = np.concatenate([g[0] for g in got])
+        batch_labels = np.concatenate([g[1] for g in got])
+        source = train_index[plan]
+        assert np.array_equal(batch_labels, labels[source])
+        for out, s in zip(batch_images, source):
+            trace = traced(out, images[s])
+            assert trace is not None
+            flips.append(trace[2])
+            seen.append(s)
+    assert 0.35 < np.mean(flips) < 0.65  # 288 draws
+    assert set(seen) <= set(train_index)
+
+
+def test_native_cifar_eval_and_determinism(tiny_cifar):
+    root, arrays = tiny_cifar
+    cfg = cifar_cfg(root)
+    test = build_loader(cfg, "test", "cpu")
+    got = torch.cat([x for x, _ in test])
+    assert [len(y) for _, y in test] == [7, 7, 7, 7, 2]
+    want = ops.Normalize(cfg, "cpu")(torch.from_numpy(arrays["test"][0]).permute(0, 3, 1, 2))
+    torch.testing.assert_close(got, want)
+    train = build_loader(cfg, "train", "cpu", seed=1)
+    train.set_epoch(2)
+    full = list(train)
+    train.set_epoch(2, start=3)
+    tail = list(train)
+    assert len(tail) == len(full) - 3
+    for (a, la), (b, lb) in zip(full[3:], tail):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("backend", ["native", "torchvision"])
+def test_cifar_ddp_shards(tiny_cifar, backend):
+    cfg = cifar_cfg(tiny_cifar[0], backend)
+    shares = []
+    for rank in range(3):
+        loader = build_loader(cfg, "train", "cpu", rank=rank, world_size=3, seed=2)
+        assert len(loader) == (100 // 3) // 16
+        shares.append(sum(len(y) for _, y in loader))
+    assert shares == [32, 32, 32]
+    val = [torch.cat([x for x, _ in build_loader(cfg, "val", "cpu", rank=r, world_size=3)])
+           for r in range(3)]
+    whole = torch.cat([x for x, _ in build_loader(cfg, "val", "cpu")])
+    assert torch.equal(torch.cat(val), whole)  # contiguous shares in order, nothing dropped
+
+
+def test_baseline_workers_do_not_change_the_batches(tiny_cifar):
+    root, _ = tiny_cifar
+    batches = {}
+    for workers in (0, 2):
+        cfg = cifar_cfg(root, "torchvision")
+        cfg.num_workers = workers
+        loader = build_loader(cfg, "train", "cpu", seed=5)
+        loader.set_epoch(1)
+        batches[workers] = list(loader)
+    for (a, la), (b, lb) in zip(batches[0], batches[2]):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_baseline_cifar_train_is_crop_and_flip(tiny_cifar):
+    root, arrays = tiny_cifar
+    cfg = cifar_cfg(root, "torchvision")
+    train_index = cifar_split_indices(cfg, "train")
+    loader = build_loader(cfg, "train", "cpu", seed=4)
+    plan = shard_indices(100, 0, 1, 4, 0, True, True, 16)
+    images = np.concatenate([to_uint8(x, cfg) for x, _ in loader])
+    for out, s in zip(images, train_index[plan]):
+        assert traced(out, arrays["train"][0][s]) is not None
+
+
+@pytest.mark.parametrize("dataset,split,mode,scale,shape", [
+    ("cifar10", "train", "center", None, (16, 3, 32, 32)),
+    ("imagenet", "train", "center", None, (16, 3, 224, 224)),
+    ("imagenet", "val", "tencrop", None, (7, 10, 3, 224, 224)),
+    ("imagenet", "val", "multiscale", 384, (1, 3, 384, 512)),
+])
+def test_synthetic(tmp_path, dataset, split, mode, scale, shape):
+    cfg = DataConfig(dataset=dataset, root=str(tmp_path / "none"), backend="synthetic",
+                     batch_size=16, eval_batch_size=7)
+    loader = build_loader(cfg, split, "cpu", eval_mode=mode, scale=scale)
+    expected = {"cifar10": 45000 // 16, "imagenet": 1281167 // 16}[dataset]
+    if split == "val":
+        expected = 50000 if mode == "multiscale" else -(-50000 // 7)
+    assert len(loader) == expected
+    loader.set_epoch(0, start=len(loader) - 2)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0][0] is batches[1][0]
+    images, labels = batches[0]
+    assert images.shape == shape and labels.dtype == torch.int64
+    flat = images.flatten(0, 1) if images.dim() == 5 else images
+    assert flat.is_contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+def test_native_cuda_matches_cpu(pattern_records, tiny_cifar):
+    """nvJPEG + CUDA resize vs libjpeg + CPU resize: same geometry, pixels within 3 levels mean."""
+    cfg = DataConfig(dataset="imagenet", root=str(pattern_records), eval_batch_size=4)
+    cpu = torch.cat([x for x, _ in build_loader(cfg, "val", "cpu")])
+    gpu_batches = list(build_loader(cfg, "val", "cuda"))
+    assert all(x.device.type == "cuda" and y.device.type == "cuda" for x, y in gpu_batches)
+    gpu = torch.cat([x for x, _ in gpu_batches]).cpu()
+    diff = (ops.unnormalize(gpu, cfg) - ops.unnormalize(cpu, cfg)).abs() * 255
+    assert diff.mean() < 3
+    train = build_loader(cfg, "train", "cuda")
+    images, labels = next(iter(train))
+    assert images.device.type == "cuda" and images.shape[1:] == (3, 224, 224)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    ccfg = cifar_cfg(tiny_cifar[0])
+    cuda_test = torch.cat([x for x, _ in build_loader(ccfg, "test", "cuda")]).cpu()
+    cpu_test = torch.cat([x for x, _ in build_loader(ccfg, "test", "cpu")])
+    torch.testing.assert_close(cuda_test, cpu_test)
+    images, labels = next(iter(build_loader(ccfg, "train", "cuda")))
+    assert images.device.type == "cuda" and images.shape == (16, 3, 32, 32)
