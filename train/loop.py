@@ -1,0 +1,181 @@
+"""`train_one_epoch` and `evaluate`: backend-neutral, and free of host syncs between log steps.
+
+The loaders hand over normalized batches already on the device, so the loop never knows which
+backend feeds it. Loss and correct counts accumulate as detached device tensors; they are read
+(`.item()`, a host sync) only every `log_every` iterations, at checkpoints and at epoch ends.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from train.distributed import DistEnv, all_reduce_sum
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is: saved in checkpoints, restored on resume."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # next batch of that epoch
+    iteration: int = 0  # optimizer steps taken
+    images: int = 0  # training images seen, all ranks
+    train_time: float = 0.0  # seconds spent in train_one_epoch
+    elapsed: float = 0.0  # wall seconds of the whole run before this process started
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, type(getattr(self, key))(value))
+
+
+@dataclass
+class LoopSettings:
+    total_iters: int  # stop when state.iteration reaches this
+    step_per_iter: bool  # scheduler.step() after every iteration (else the caller steps it)
+    log_every: int
+    ckpt_every: int  # 0 = none mid-epoch
+    threads: int  # torch threads to restore when an epoch starts
+    progress: bool  # show a tqdm bar
+    mark_step: bool = False  # torch.compile's CUDA graphs (reduce-overhead): mark each step
+
+
+def device_sync(device: torch.device) -> None:
+    """Wait for queued GPU work (epoch edges only, for honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, autocast, state: TrainState,
+                    settings: LoopSettings, env: DistEnv,
+                    on_log: Callable[[dict], None], on_checkpoint: Callable[[], None],
+                    stop_requested: Callable[[], bool]) -> dict:
+    """Train from (state.epoch, state.batch) to the end of the epoch, or until total_iters or
+    a requested stop (after the current step; under DDP at the next log step, agreed across
+    ranks). Returns the epoch's train loss/error over the iterations run here, and `stopped`."""
+    model.train()
+    device = env.device
+    device_sync(device)
+    start = last_log = time.perf_counter()
+    loader.set_epoch(state.epoch, start=state.batch)
+    batches = iter(loader)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)  # some loaders (FFCV) reset it per epoch
+    # [loss sum, correct, count, stop votes]: device accumulators, read at log steps only
+    sums = torch.zeros(4, device=device)
+    epoch_sums = torch.zeros(3, dtype=torch.float64)
+    bar = tqdm(total=len(loader), initial=state.batch, disable=not settings.progress,
+               desc=f"epoch {state.epoch}", leave=False, dynamic_ncols=True)
+    last_images, stopped = state.images, False
+    for images, labels in batches:
+        if settings.mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast:
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        lr = optimizer.param_groups[0]["lr"]  # the lr of this step, before the scheduler moves it
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if settings.step_per_iter:
+            scheduler.step()
+        n = labels.shape[0]
+        sums[0] += loss.detach().float() * n
+        sums[1] += (logits.detach().argmax(1) == labels).sum()
+        sums[2] += n
+        state.batch += 1
+        state.iteration += 1
+        state.images += n * env.world_size
+        bar.update()
+
+        at_ckpt = settings.ckpt_every and state.iteration % settings.ckpt_every == 0
+        done = state.iteration >= settings.total_iters or state.batch >= len(loader)
+        # a stop request is acted on at once in one process; under DDP the ranks must agree,
+        # so they vote at the next log step
+        stop_now = not env.distributed and stop_requested()
+        if state.iteration % settings.log_every == 0 or at_ckpt or done or stop_now:
+            sums[3] = float(stop_requested())
+            all_reduce_sum(sums, env)
+            loss_sum, correct, count, votes = sums.tolist()  # the host sync
+            sums.zero_()
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLoss(f"training loss is {loss_sum / count} at iteration "
+                                    f"{state.iteration} (epoch {state.epoch})")
+            epoch_sums += torch.tensor([loss_sum, correct, count], dtype=torch.float64)
+            now = time.perf_counter()
+            record = {"loss": loss_sum / count, "error": 100.0 * (1 - correct / count),
+                      "lr": lr,
+                      "img_per_s": (state.images - last_images) / max(now - last_log, 1e-9)}
+            last_log, last_images = now, state.images
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
+                            img_s=f"{record['img_per_s']:.0f}")
+            on_log(record)
+            stopped = votes > 0
+            if at_ckpt or stopped:
+                state.train_time += time.perf_counter() - start
+                start = time.perf_counter()
+                on_checkpoint()
+            if stopped or state.iteration >= settings.total_iters:
+                break
+    bar.close()
+    device_sync(device)
+    state.train_time += time.perf_counter() - start
+    loss_sum, correct, count = epoch_sums.tolist()
+    return {"loss": loss_sum / max(count, 1), "error": 100.0 * (1 - correct / max(count, 1)),
+            "stopped": stopped}
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, autocast) -> torch.Tensor:
+    """Class probabilities (B, C). Multi-crop batches (B, K, 3, H, W) average the softmax of
+    their K crops (10-crop testing)."""
+    crops = images.shape[1] if images.ndim == 5 else 0
+    with autocast:
+        logits = model(images.flatten(0, 1) if crops else images)
+    probs = logits.float().softmax(dim=1)
+    return probs.unflatten(0, (-1, crops)).mean(1) if crops else probs
+
+
+def accumulate(probs: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor | None):
+    """Add [nll sum, top-1 correct, top-5 correct, count] of a batch to `sums` (on device)."""
+    k = min(5, probs.shape[1])
+    top = probs.topk(k, dim=1).indices == labels[:, None]
+    nll = -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum()
+    count = torch.full((), labels.shape[0], device=labels.device)
+    batch = torch.stack([nll, top[:, 0].sum(), top.any(1).sum(), count]).double()
+    return batch if sums is None else sums + batch
+
+
+def metrics_from_sums(sums: list[float]) -> dict:
+    nll, top1, top5, count = sums
+    count = max(count, 1)
+    return {"loss": nll / count, "top1_error": 100.0 * (1 - top1 / count),
+            "top5_error": 100.0 * (1 - top5 / count), "count": int(sums[3])}
+
+
+@torch.no_grad()
+def evaluate(model, loader, autocast, env: DistEnv) -> dict:
+    """Loss, top-1 and top-5 error (%) over an eval split, summed across ranks."""
+    was_training = model.training
+    model.eval()
+    sums = None
+    for images, labels in loader:
+        sums = accumulate(predict(model, images, autocast), labels, sums)
+    if sums is None:
+        sums = torch.zeros(4, dtype=torch.float64, device=env.device)
+    all_reduce_sum(sums, env)
+    model.train(was_training)
+    return metrics_from_sums(sums.tolist())
