@@ -7,7 +7,7 @@ DATA   ?= data/records
 # Debian packages FFCV compiles and links against (shared/FINDINGS.md).
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: install test test-fast dataset-cifar10 dataset-cifar100 dataset-imagenet clean
+.PHONY: install test test-fast quickstart dataset-cifar10 dataset-cifar100 dataset-imagenet clean
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,6 @@ dataset-imagenet: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+quickstart: install
+	$(PY) train/run.py configs/quickstart.yaml

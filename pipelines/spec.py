@@ -46,6 +46,19 @@ class AugSpec:
     eval_resize: int = 256
     eval_scales: tuple[int, ...] = (224, 256, 384, 480, 640)
 
+    def __post_init__(self):
+        for key in ("mean", "std", "eigval"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                raise ValueError(f"data.aug.{key}={list(value)}: expected 3 values (R, G, B)")
+        if len(self.eigvec) != 3 or any(len(row) != 3 for row in self.eigvec):
+            raise ValueError(f"data.aug.eigvec: expected a 3x3 matrix, got {self.eigvec}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"data.aug.scale_min={self.scale_min}, scale_max={self.scale_max}: "
+                             "expected 0 < scale_min <= scale_max")
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ValueError(f"data.aug.flip_p={self.flip_p}: expected a probability in [0, 1]")
+
 
 @dataclass
 class DataConfig:

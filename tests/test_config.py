@@ -117,6 +117,8 @@ def test_unknown_keys_name_the_nearest_valid_key(tmp_path):
     ("schedule.milestones=30", r"schedule.milestones=30: expected a list"),
     ("schedule.milestones=[30, x]", r"schedule.milestones\[1\]='x': expected int"),
     ("data.aug.mean=[0.5, 0.5]", r"data.aug.mean=\[0.5, 0.5\]: expected 3 values"),
+    ("data.aug.flip_p=1.5", r"data.aug.flip_p=1.5: expected a probability"),
+    ("data.aug.scale_min=500", r"data.aug.scale_min=500, scale_max=480"),
     ("model.name=null", r"model.name=None: expected str"),
     ("optim=0.1", r"optim=0.1: expected a mapping"),
 ])

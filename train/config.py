@@ -155,13 +155,6 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
-        aug = self.data.aug
-        for key in ("mean", "std", "eigval"):
-            value = getattr(aug, key)
-            if value is not None and len(value) != 3:
-                raise ValueError(f"data.aug.{key}={list(value)}: expected 3 values (R, G, B)")
-        if len(aug.eigvec) != 3 or any(len(row) != 3 for row in aug.eigvec):
-            raise ValueError(f"data.aug.eigvec: expected a 3x3 matrix, got {aug.eigvec}")
         if self.schedule.kind == "plateau" and self.schedule.warmup:
             raise ValueError("schedule.warmup applies to kind=multistep, not kind=plateau")
 
