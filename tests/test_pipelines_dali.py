@@ -2,8 +2,6 @@
 and the augmentation statistics against the other backends). All CPU: device_id=None."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch
@@ -14,18 +12,9 @@ from pipelines.ops import unnormalize
 from pipelines.records import EpochPlan, cifar_split_indices, load_cifar_arrays
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
+from pixels import CIFAR10_TEST_MEAN, as_uint8_hwc, digests
+
 pytestmark = [pytest.mark.dali, pytest.mark.timeout(180)]
-
-CIFAR10_TEST_MEAN = np.array([0.4942, 0.4851, 0.4504])
-
-
-def as_uint8_hwc(images: torch.Tensor, cfg: DataConfig) -> np.ndarray:
-    pixels = (unnormalize(images, cfg) * 255).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).numpy()
-
-
-def digests(images: np.ndarray) -> list[str]:
-    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest() for image in images]
 
 
 def imagenet_cfg(root, **changes) -> DataConfig:

@@ -6,8 +6,6 @@ costs a few seconds of numba compilation, so the tests build few of them.
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch
@@ -17,19 +15,9 @@ from pipelines import AugSpec, DataConfig, build_loader
 from pipelines.ops import unnormalize
 from pipelines.records import cifar_split_indices, load_cifar_arrays
 
+from pixels import CIFAR10_TEST_MEAN, as_uint8_hwc, digests
+
 pytestmark = [pytest.mark.ffcv, pytest.mark.timeout(180)]
-
-CIFAR10_TEST_MEAN = np.array([0.4942, 0.4851, 0.4504])
-
-
-def as_uint8_hwc(images: torch.Tensor, cfg: DataConfig) -> np.ndarray:
-    """Un-normalize back to the stored uint8 pixels (exact for un-augmented CIFAR)."""
-    pixels = (unnormalize(images, cfg) * 255).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).numpy()
-
-
-def digests(images: np.ndarray) -> list[str]:
-    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest() for image in images]
 
 
 def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
