@@ -21,11 +21,8 @@ SLEEP_ENV = "RESPIPE_CONVERT_TEST_SLEEP"
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # Bump when a code change alters what is written, so reruns do not reuse older outputs.
