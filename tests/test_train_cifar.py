@@ -59,18 +59,10 @@ def loss_falls(run_dir, iterations):
 
 
 @pytest.mark.slow
-@pytest.mark.ffcv
 @pytest.mark.timeout(900)
-def test_ffcv_backend_trains(cifar10_records, tmp_path):
-    main(job(cifar10_records, tmp_path, "ffcv", "data.backend=ffcv", "schedule.total=300",
+@pytest.mark.parametrize("backend", [pytest.param("ffcv", marks=pytest.mark.ffcv),
+                                     pytest.param("dali", marks=pytest.mark.dali)])
+def test_record_backends_train(cifar10_records, tmp_path, backend):
+    main(job(cifar10_records, tmp_path, backend, f"data.backend={backend}", "schedule.total=300",
              "schedule.milestones=[]"))
-    loss_falls(tmp_path / "ffcv", 300)
-
-
-@pytest.mark.slow
-@pytest.mark.dali
-@pytest.mark.timeout(900)
-def test_dali_backend_trains(cifar10_records, tmp_path):
-    main(job(cifar10_records, tmp_path, "dali", "data.backend=dali", "schedule.total=300",
-             "schedule.milestones=[]"))
-    loss_falls(tmp_path / "dali", 300)
+    loss_falls(tmp_path / backend, 300)
