@@ -65,17 +65,23 @@ def test_paper_and_seed_settings():
         ("cifar100", "B", [100, 200])
 
 
+def learning_rates(cfg, steps: int) -> list[float]:
+    """The lr of each of the first `steps` iterations under cfg's optimizer and schedule."""
+    opt = build_optimizer(torch.nn.Linear(1, 1), cfg.optim)
+    sched = build_scheduler(opt, cfg.schedule)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
 def test_resnet110_warmup_then_milestones():
     cfg = load_config("configs/resnet110.yaml", ["schedule.total=30",
                                                  "schedule.milestones=[10,20]",
                                                  "schedule.warmup=4"])
-    opt = build_optimizer(torch.nn.Linear(1, 1), cfg.optim)
-    sched = build_scheduler(opt, cfg.schedule)
-    lrs = []
-    for _ in range(25):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = learning_rates(cfg, 25)
     assert lrs[:4] == pytest.approx([0.01] * 4)
     assert lrs[4:10] == pytest.approx([0.1] * 6)
     assert lrs[10:20] == pytest.approx([0.01] * 10)
@@ -85,13 +91,7 @@ def test_resnet110_warmup_then_milestones():
 def test_linear_warmup():
     cfg = load_config(None, ["schedule.warmup=4", "schedule.warmup_kind=linear",
                              "schedule.warmup_factor=0.25"])
-    opt = build_optimizer(torch.nn.Linear(1, 1), cfg.optim)
-    sched = build_scheduler(opt, cfg.schedule)
-    lrs = []
-    for _ in range(6):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = learning_rates(cfg, 6)
     assert lrs == pytest.approx([0.025, 0.04375, 0.0625, 0.08125, 0.1, 0.1])
 
 
