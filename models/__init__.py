@@ -1,4 +1,5 @@
-"""ResNets of He et al. 2015 and seed 000, by name: `build_model("resnet32", num_classes=10)`."""
+"""ResNets of He et al. 2015 and seed 000, and the paper's plain nets, by name:
+`build_model("resnet32", num_classes=10)`, `build_model("plain20", num_classes=10)`."""
 
 from torch import nn
 
@@ -11,10 +12,12 @@ def build_model(name: str, num_classes: int, shortcut: str | None = None, **kwar
     """Build model `name` with `num_classes` outputs.
 
     shortcut: None for the family default ("A" for the paper CIFAR nets, "B" for the ImageNet nets
-    and cifar_resnet*); paper CIFAR and ImageNet nets take "A"/"B"/"C", cifar_resnet* take
-    "A-avg"/"B" (aliases "identity"/"projection").
-    kwargs: zero_init_residual (bool, default False), stride_in_1x1 (bool, default True; False
-    only for bottleneck nets, giving torchvision's stride on the 3x3 conv).
+    and cifar_resnet*, "none" for plain*); paper CIFAR and ImageNet nets take "A"/"B"/"C",
+    cifar_resnet* take "A-avg"/"B" (aliases "identity"/"projection"), the plain nets
+    (plain20/32/44/56/110, plain18/34) only "none".
+    kwargs: zero_init_residual (bool, default False; refused for the plain nets), stride_in_1x1
+    (bool, default True; False only for bottleneck nets, giving torchvision's stride on the 3x3
+    conv).
     """
     if name not in FACTORIES:
         raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")

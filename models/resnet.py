@@ -1,4 +1,5 @@
-"""The ResNets of He et al. 2015 (arXiv:1512.03385) and seed 000's CIFAR ResNet-10/18/34/50.
+"""The ResNets of He et al. 2015 (arXiv:1512.03385), their plain counterparts, and seed 000's
+CIFAR ResNet-10/18/34/50.
 
 Shaped like timm's resnet.py: two blocks sharing one constructor signature, shortcut choices as
 small functions, one `ResNet` builder, and a registry of short named factories. Parameter names
@@ -11,11 +12,16 @@ Shortcut options:
           "with identity")
   "B"     identity, 1x1 conv + BN projection only where the shape changes
   "C"     1x1 conv + BN projection on every block
+  "none"  no shortcut at all: the block returns relu(F(x)) and adds nothing (the paper's plain
+          nets, plain20..110 and plain18/34; the only choice for them, and refused for the
+          ResNets, so that each net has one name). A plain net has the same layers, parameter
+          names and initialisation as its ResNet with option A (CIFAR; A owns no parameters) or
+          option B minus the downsample projections (ImageNet).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -67,9 +73,15 @@ def downsample_conv(in_ch: int, out_ch: int, stride: int) -> nn.Module:
     return nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
 
 
+NO_SHORTCUT = "none"
+
+
 def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
-    """The block's `downsample` module for shortcut option `kind`; None means identity."""
+    """The block's `downsample` module for shortcut option `kind`; None means identity, or for
+    kind "none" nothing (the block is built with residual=False and adds no shortcut)."""
     changes = stride != 1 or in_ch != out_ch
+    if kind == NO_SHORTCUT:
+        return None
     if kind == "A":
         return downsample_zero_pad(in_ch, out_ch, stride, pool="subsample")
     if kind == "A-avg":
@@ -78,30 +90,38 @@ def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int) -> nn.Module 
         return downsample_conv(in_ch, out_ch, stride) if changes else None
     if kind == "C":
         return downsample_conv(in_ch, out_ch, stride)
-    raise ValueError(f"unknown shortcut kind {kind!r}; choose from 'A', 'A-avg', 'B', 'C'")
+    raise ValueError(f"unknown shortcut kind {kind!r}; choose from 'A', 'A-avg', 'B', 'C', 'none'")
 
 
 class BasicBlock(nn.Module):
+    """3x3 -> 3x3. Both blocks: `downsample` None = identity shortcut; residual=False = no
+    shortcut at all (a plain block, shortcut kind "none"; `downsample` must then be None)."""
+
     expansion = 1
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, stride_in_1x1: bool = True):
+                 downsample: nn.Module | None = None, stride_in_1x1: bool = True,
+                 residual: bool = True):
         super().__init__()
+        if not residual and downsample is not None:
+            raise ValueError("a block without residual has no downsample shortcut")
         self.conv1 = conv3x3(in_ch, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.residual = residual
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -111,8 +131,11 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, stride_in_1x1: bool = True):
+                 downsample: nn.Module | None = None, stride_in_1x1: bool = True,
+                 residual: bool = True):
         super().__init__()
+        if not residual and downsample is not None:
+            raise ValueError("a block without residual has no downsample shortcut")
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_ch, planes, s1)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -122,23 +145,27 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.residual = residual
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
 
 
 class ResNet(nn.Module):
     """Stem, one stage per entry of `layers` (named layer1..), global average pool, fc.
 
     `imagenet_stem`: 7x7/2 conv + 3x3/2 max pool; otherwise a 3x3/1 conv and no pooling (CIFAR).
-    `shortcut` is a canonical kind ("A", "A-avg", "B", "C"); validate names before calling.
+    `shortcut` is a canonical kind ("A", "A-avg", "B", "C", "none"); validate names before
+    calling (the named factories also refuse zero_init_residual for "none": it would zero every
+    block's output).
     """
 
     def __init__(self, block: type[nn.Module], layers: tuple[int, ...], widths: tuple[int, ...],
@@ -166,7 +193,8 @@ class ResNet(nn.Module):
                 out_ch = width * block.expansion
                 s = stride if j == 0 else 1
                 down = make_shortcut(shortcut, in_ch, out_ch, s)
-                blocks.append(block(in_ch, width, s, down, stride_in_1x1=stride_in_1x1))
+                blocks.append(block(in_ch, width, s, down, stride_in_1x1=stride_in_1x1,
+                                    residual=shortcut != NO_SHORTCUT))
                 in_ch = out_ch
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(layers)
@@ -217,6 +245,9 @@ class Family:
 PAPER_CIFAR = Family((16, 32, 64), 16, False, ("A", "B", "C"), "A", 10)
 SEED_CIFAR = Family((64, 128, 256, 512), 64, False, ("A-avg", "B"), "B", 10)
 IMAGENET = Family((64, 128, 256, 512), 64, True, ("A", "B", "C"), "B", 1000)
+# The paper's plain nets: its CIFAR and ImageNet nets with no shortcuts (Fig. 6, Table 2).
+PLAIN_CIFAR = replace(PAPER_CIFAR, shortcuts=(NO_SHORTCUT,), default_shortcut=NO_SHORTCUT)
+PLAIN_IMAGENET = replace(IMAGENET, shortcuts=(NO_SHORTCUT,), default_shortcut=NO_SHORTCUT)
 
 SHORTCUT_ALIASES = {"identity": "A-avg", "projection": "B"}
 
@@ -229,7 +260,8 @@ def canonical_shortcut(name: str, family: Family, shortcut: str | None) -> str:
     kind = aliases.get(shortcut, shortcut)
     if kind not in family.shortcuts:
         valid = list(family.shortcuts) + list(aliases)
-        raise ValueError(f"unknown shortcut {shortcut!r} for {name}; choose from {valid}")
+        plain = " (a plain net: it has no shortcuts)" if valid == [NO_SHORTCUT] else ""
+        raise ValueError(f"unknown shortcut {shortcut!r} for {name}{plain}; choose from {valid}")
     return kind
 
 
@@ -238,10 +270,14 @@ def _create(name: str, family: Family, block: type[nn.Module], layers: tuple[int
             zero_init_residual: bool = False, stride_in_1x1: bool = True) -> ResNet:
     if block is BasicBlock and not stride_in_1x1:
         raise ValueError(f"stride_in_1x1=False applies to bottleneck nets only, not {name}")
+    kind = canonical_shortcut(name, family, shortcut)
+    if kind == NO_SHORTCUT and zero_init_residual:
+        raise ValueError(f"zero_init_residual=True makes no sense for {name}: it has no "
+                         "shortcuts, so zeroing each block's last BN would zero every block")
     return ResNet(
         block, layers, family.widths,
         num_classes=family.num_classes if num_classes is None else num_classes,
-        shortcut=canonical_shortcut(name, family, shortcut), stem_width=family.stem_width,
+        shortcut=kind, stem_width=family.stem_width,
         imagenet_stem=family.imagenet_stem, zero_init_residual=zero_init_residual,
         stride_in_1x1=stride_in_1x1,
     )
@@ -272,6 +308,27 @@ def resnet1202(**kwargs) -> ResNet:
     return _create("resnet1202", PAPER_CIFAR, BasicBlock, (200, 200, 200), **kwargs)
 
 
+# The paper's plain CIFAR nets (Fig. 6): the ResNets above without shortcuts.
+def plain20(**kwargs) -> ResNet:
+    return _create("plain20", PLAIN_CIFAR, BasicBlock, (3, 3, 3), **kwargs)
+
+
+def plain32(**kwargs) -> ResNet:
+    return _create("plain32", PLAIN_CIFAR, BasicBlock, (5, 5, 5), **kwargs)
+
+
+def plain44(**kwargs) -> ResNet:
+    return _create("plain44", PLAIN_CIFAR, BasicBlock, (7, 7, 7), **kwargs)
+
+
+def plain56(**kwargs) -> ResNet:
+    return _create("plain56", PLAIN_CIFAR, BasicBlock, (9, 9, 9), **kwargs)
+
+
+def plain110(**kwargs) -> ResNet:
+    return _create("plain110", PLAIN_CIFAR, BasicBlock, (18, 18, 18), **kwargs)
+
+
 # Seed 000's CIFAR nets: ImageNet widths with a 3x3/1 stem and no max pool.
 def cifar_resnet10(**kwargs) -> ResNet:
     return _create("cifar_resnet10", SEED_CIFAR, BasicBlock, (1, 1, 1, 1), **kwargs)
@@ -298,6 +355,15 @@ def resnet34(**kwargs) -> ResNet:
     return _create("resnet34", IMAGENET, BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
+# The paper's plain ImageNet nets (Table 2): resnet18/34 without shortcuts.
+def plain18(**kwargs) -> ResNet:
+    return _create("plain18", PLAIN_IMAGENET, BasicBlock, (2, 2, 2, 2), **kwargs)
+
+
+def plain34(**kwargs) -> ResNet:
+    return _create("plain34", PLAIN_IMAGENET, BasicBlock, (3, 4, 6, 3), **kwargs)
+
+
 def resnet50(**kwargs) -> ResNet:
     return _create("resnet50", IMAGENET, Bottleneck, (3, 4, 6, 3), **kwargs)
 
@@ -314,4 +380,5 @@ FACTORIES: dict[str, Callable[..., ResNet]] = {f.__name__: f for f in (
     resnet20, resnet32, resnet44, resnet56, resnet110, resnet1202,
     cifar_resnet10, cifar_resnet18, cifar_resnet34, cifar_resnet50,
     resnet18, resnet34, resnet50, resnet101, resnet152,
+    plain20, plain32, plain44, plain56, plain110, plain18, plain34,
 )}

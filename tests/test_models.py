@@ -12,6 +12,8 @@ from models.resnet import ZeroPadShortcut
 PAPER_CIFAR = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
 SEED_CIFAR = ("cifar_resnet10", "cifar_resnet18", "cifar_resnet34", "cifar_resnet50")
 IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+PLAIN_CIFAR = ("plain20", "plain32", "plain44", "plain56", "plain110")
+PLAIN_IMAGENET = ("plain18", "plain34")
 
 
 def n_params(model: nn.Module) -> int:
@@ -35,7 +37,8 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def test_registry_lists_every_family():
-    assert MODELS == tuple(sorted(PAPER_CIFAR + SEED_CIFAR + IMAGENET))
+    assert MODELS == tuple(sorted(PAPER_CIFAR + SEED_CIFAR + IMAGENET + PLAIN_CIFAR +
+                                  PLAIN_IMAGENET))
 
 
 @pytest.mark.parametrize("name,millions", [
@@ -228,3 +231,110 @@ def test_defaults_and_aliases():
     assert meta_model("cifar_resnet34").shortcut == "B"
     assert meta_model("cifar_resnet34", shortcut="projection").shortcut == "B"
     assert meta_model("cifar_resnet10").fc.out_features == 10
+
+
+# --- plain nets (the paper's Fig. 6 and Table 2): the ResNets with no shortcuts -----------------
+
+@pytest.mark.parametrize("name,count", [
+    ("plain20", 269_722), ("plain32", 464_154), ("plain44", 658_586), ("plain56", 853_018),
+    ("plain110", 1_727_962),
+])
+def test_plain_cifar_parameter_counts_equal_option_a(name, count):
+    plain = meta_model(name)
+    assert plain.shortcut == "none"
+    assert n_params(plain) == count
+    assert n_params(meta_model(name.replace("plain", "resnet"), shortcut="A")) == count
+
+
+@pytest.mark.parametrize("name,count", [("plain18", 11_515_688), ("plain34", 21_623_848)])
+def test_plain_imagenet_parameter_counts_are_option_b_minus_projections(name, count):
+    plain = meta_model(name, 1000)
+    resnet = meta_model(name.replace("plain", "resnet"), 1000, shortcut="B")
+    proj = [d for d in shortcut_modules(resnet) if d is not None]
+    assert len(proj) == 3
+    assert n_params(plain) == n_params(resnet) - sum(n_params(d) for d in proj) == count
+    # Same tensors under the same (torchvision) names, less the projections.
+    ours = {k: v.shape for k, v in plain.state_dict().items()}
+    theirs = {k: v.shape for k, v in resnet.state_dict().items() if ".downsample." not in k}
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("name", PLAIN_CIFAR + PLAIN_IMAGENET)
+def test_plain_nets_have_no_shortcut_modules(name):
+    model = meta_model(name)
+    assert blocks(model) and all(b.downsample is None and not b.residual for b in blocks(model))
+    assert not any("downsample" in n for n, _ in model.named_modules())
+    assert not any("downsample" in k for k in model.state_dict())
+
+
+def test_plain_block_adds_nothing():
+    torch.manual_seed(0)
+    model = build_model("plain20", 10).eval()
+    for m in model.modules():  # non-trivial BN so the check sees every term
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    relu = nn.functional.relu
+    # layer1[1]: same shape in and out; layer2[0]: stride 2, 16 -> 32 channels (where option A
+    # would subsample and zero-pad).
+    for block in (model.layer1[1], model.layer2[0]):
+        x = torch.randn(2, 16, 8, 8)
+        with torch.no_grad():
+            expected = relu(block.bn2(block.conv2(relu(block.bn1(block.conv1(x))))))
+            torch.testing.assert_close(block(x.clone()), expected, rtol=0, atol=0)
+    assert block(x).shape == (2, 32, 4, 4)
+
+
+@pytest.mark.parametrize("plain,resnet", [
+    ("plain20", "resnet20"), ("plain110", "resnet110"), ("plain18", "resnet18"),
+])
+def test_plain_init_equals_resnet_option_a_under_the_same_seed(plain, resnet):
+    """Option A owns no parameters, so the same seed must give the same tensors: the RNG draws
+    happen in the same order, and as many of them (the generator ends in the same state)."""
+    torch.manual_seed(123)
+    ours = build_model(plain, 10).state_dict()
+    ours_rng = torch.get_rng_state()
+    torch.manual_seed(123)
+    theirs = build_model(resnet, 10, shortcut="A").state_dict()
+    assert torch.equal(ours_rng, torch.get_rng_state())
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+@pytest.mark.parametrize("name,size", [("plain20", 32), ("plain18", 224)])
+def test_plain_macs_equal_resnet_option_a(name, size):
+    """The paper: plain and residual nets have the same FLOPs (option A's shortcuts cost none)."""
+    classes = 1000 if name in PLAIN_IMAGENET else 10
+    plain = macs(meta_model(name, classes), size)
+    resnet = macs(meta_model(name.replace("plain", "resnet"), classes, shortcut="A"), size)
+    assert abs(plain / resnet - 1) < 0.01, (plain, resnet)
+
+
+@pytest.mark.parametrize("name,size", [("plain20", 32), ("plain18", 64)])
+def test_plain_forward_backward_cpu(name, size):
+    torch.manual_seed(0)
+    model = build_model(name, 7)
+    out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_plain_nets_refuse_shortcuts_and_zero_init_residual():
+    assert meta_model("plain20", shortcut="none").shortcut == "none"
+    for shortcut in ("A", "B", "C", "identity"):
+        with pytest.raises(ValueError, match=f"'{shortcut}' for plain20 .*no shortcuts"):
+            build_model("plain20", 10, shortcut=shortcut)
+    with pytest.raises(ValueError, match="'B' for plain34 .*choose from \\['none'\\]"):
+        build_model("plain34", 10, shortcut="B")
+    for name in ("plain20", "plain18"):
+        with pytest.raises(ValueError, match=f"zero_init_residual.*{name}"):
+            build_model(name, 10, zero_init_residual=True)
+    # The ResNets keep their own names: no shortcut means the plain net, by its name.
+    for name in ("resnet20", "resnet18", "cifar_resnet18"):
+        with pytest.raises(ValueError, match="'none'.*choose from"):
+            build_model(name, 10, shortcut="none")
