@@ -17,7 +17,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipelines import ops
-from pipelines.records import EpochPlan, ShardReader, cifar_split, shard_index
+from pipelines.plan import EpochPlan
+from pipelines.readers import ShardReader, cifar_split, shard_index
 from pipelines.spec import DataConfig
 
 
@@ -110,7 +111,7 @@ class ImageNetLoader(_Loader):
         self.cfg, self.aug, self.device = cfg, cfg.aug, torch.device(device)
         self.rank, self.seed, self.eval_mode, self.scale = rank, seed, eval_mode, scale
         self.train = split == "train"
-        self.reader = ShardReader(shard_index(cfg.root, split))
+        self.reader = ShardReader(shard_index(cfg, split))
         batch = cfg.batch_size if self.train else cfg.eval_batch_size
         if eval_mode == "multiscale":
             batch = 1  # whole images of varying aspect ratio

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 DATASETS = ("cifar10", "cifar100", "imagenet")
 BACKENDS = ("native", "ffcv", "dali", "torchvision", "synthetic")
 EVAL_MODES = ("center", "tencrop", "multiscale")
+# The splits a loader serves. CIFAR: train/val are the 45k/5k hold-out of the official train
+# set, test is the official test set. ImageNet has no labelled test set: train and val only.
+SPLITS = {"cifar10": ("train", "val", "test"), "cifar100": ("train", "val", "test"),
+          "imagenet": ("train", "val")}
 
 # Per-channel statistics on the 0-1 scale.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -82,6 +86,12 @@ class DataConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key}={getattr(self, key)}: must be >= 1")
+        if self.num_workers < 0 or self.val_size < 0:
+            raise ValueError(f"data.num_workers={self.num_workers}, data.val_size="
+                             f"{self.val_size}: must be >= 0")
 
 
 def dataset_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -96,3 +106,22 @@ def dataset_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]
 
 def num_classes(dataset: str) -> int:
     return {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+
+
+def check_split(dataset: str, split: str) -> str:
+    if split not in SPLITS[dataset]:
+        extra = (" (ImageNet has no labelled test set: its reported numbers are val numbers)"
+                 if dataset == "imagenet" and split == "test" else "")
+        raise ValueError(f"split={split!r} for {dataset}: expected one of "
+                         f"{', '.join(SPLITS[dataset])}{extra}")
+    return split
+
+
+def selection_split(cfg: DataConfig) -> str | None:
+    """The split that picks the best model and drives the plateau rule (None: no hold-out)."""
+    return "val" if cfg.dataset == "imagenet" or cfg.val_size > 0 else None
+
+
+def report_split(cfg: DataConfig) -> str:
+    """The split a finished run reports: CIFAR's test set; ImageNet's val (it has no other)."""
+    return "val" if cfg.dataset == "imagenet" else "test"

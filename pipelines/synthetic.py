@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 from pipelines import ops
-from pipelines.records import EpochPlan, read_manifest, split_count
+from pipelines.plan import EpochPlan
 from pipelines.spec import DataConfig, num_classes
+from records import format as fmt
 
 # Images per split when there are no records to count (CIFAR val/train after the hold-out).
 DEFAULT_COUNTS = {"cifar": {"train": 50000, "test": 10000}, "imagenet": {"train": 1281167,
@@ -25,7 +26,7 @@ def split_size(cfg: DataConfig, split: str) -> int:
     imagenet = cfg.dataset == "imagenet"
     source = split if imagenet else ("test" if split == "test" else "train")
     try:
-        count = split_count(read_manifest(cfg.root, cfg.dataset), source, cfg.root)
+        count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), source)
     except FileNotFoundError:
         count = DEFAULT_COUNTS["imagenet" if imagenet else "cifar"][source]
     if imagenet or split == "test":

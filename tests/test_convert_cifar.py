@@ -7,8 +7,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from imagenet_fixture import make_cifar_tar, read_beton
 
+from fixtures import make_cifar_tar, read_beton
+from records import format as fmt
 from tools.convert import convert, main, verify
 from tools.datasets.cifar import UnsafePickleError, download
 from tools.datasets.safe_tar import UnsafeArchiveError
@@ -17,7 +18,7 @@ CIFAR10_TRAIN_MEAN = (0.4914, 0.4822, 0.4465)
 
 
 def _load_npy(root, split):
-    return (np.load(root / f"dali/{split}_images.npy"), np.load(root / f"dali/{split}_labels.npy"))
+    return tuple(np.load(root / rel) for rel in fmt.array_rels(split))
 
 
 def _ffcv_loader_arrays(path, batch_size=64):
@@ -44,8 +45,9 @@ def test_tiny_cifar10_round_trip_is_lossless(tmp_path):
     assert manifest["splits"]["test"] == {"count": 30, "per_class": [3] * 10}
     assert manifest["skipped"] == []
     assert sorted(manifest["files"]) == sorted(
-        f"{fmt}/{split}{suffix}" for split in ("train", "test")
-        for fmt, suffix in (("ffcv", ".beton"), ("dali", "_images.npy"), ("dali", "_labels.npy")))
+        rel for split in ("train", "test")
+        for rel in (*fmt.array_rels(split), fmt.beton_rel(split)))
+    assert manifest["formats"] == ["arrays", "ffcv"]
     assert verify(root) == []
     for split in ("train", "test"):
         images, labels = _load_npy(root, split)
@@ -81,7 +83,7 @@ def test_tiny_cifar100_fine_labels(tmp_path):
 def test_official_counts_are_required_without_allow_subset(tmp_path):
     src = make_cifar_tar(tmp_path / "c10.tar.gz")
     with pytest.raises(ValueError, match=r"train has 40 images.*50000.*--allow-subset"):
-        convert("cifar10", src["path"], tmp_path / "out", formats=["dali"], quiet=True)
+        convert("cifar10", src["path"], tmp_path / "out", formats=["arrays"], quiet=True)
     assert not (tmp_path / "out").exists()
 
 
@@ -95,7 +97,7 @@ def test_malformed_batch_is_named(tmp_path, entry, message):
     bad = {"cifar-10-batches-py/data_batch_3": pickle.dumps(entry, protocol=2)}
     src = make_cifar_tar(tmp_path / "c10.tar.gz", members=bad)
     with pytest.raises(ValueError, match=message) as excinfo:
-        convert("cifar10", src["path"], tmp_path / "out", formats=["dali"], allow_subset=True,
+        convert("cifar10", src["path"], tmp_path / "out", formats=["arrays"], allow_subset=True,
                 quiet=True)
     assert "cifar-10-batches-py/data_batch_3" in str(excinfo.value)
 
@@ -104,7 +106,7 @@ def test_corrupt_pickle_is_named(tmp_path, capsys):
     bad = {"cifar-10-batches-py/test_batch": pickle.dumps({"data": 1}, protocol=2)[:-5]}
     src = make_cifar_tar(tmp_path / "c10.tar.gz", members=bad)
     assert main(["cifar10", "--src", str(src["path"]), "--out", str(tmp_path / "out"),
-                 "--formats", "dali", "--allow-subset"]) == 1
+                 "--formats", "arrays", "--allow-subset"]) == 1
     assert "test_batch: not a valid CIFAR pickle" in capsys.readouterr().err
 
 
@@ -133,7 +135,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, capfd):
 def test_path_traversal_member_is_refused(tmp_path, name):
     src = make_cifar_tar(tmp_path / "c10.tar.gz", members={name: b"x"})
     with pytest.raises(UnsafeArchiveError, match=r"refusing tar member"):
-        convert("cifar10", src["path"], tmp_path / "out", formats=["dali"], allow_subset=True,
+        convert("cifar10", src["path"], tmp_path / "out", formats=["arrays"], allow_subset=True,
                 quiet=True)
     assert not (tmp_path / "out").exists()
 
@@ -154,18 +156,18 @@ def test_download_md5_is_checked(tmp_path):
 def test_verify_cli_names_a_corrupted_file(tmp_path, capsys):
     src = make_cifar_tar(tmp_path / "c10.tar.gz")
     assert main(["cifar10", "--src", str(src["path"]), "--out", str(tmp_path / "out"),
-                 "--formats", "dali", "--allow-subset"]) == 0
+                 "--formats", "arrays", "--allow-subset"]) == 0
     assert "cifar10: 60 images" in capsys.readouterr().out
     root = tmp_path / "out/cifar10"
     assert main(["verify", str(root)]) == 0
-    with open(root / "dali/test_images.npy", "r+b") as f:
+    with open(root / "arrays/test_images.npy", "r+b") as f:
         f.seek(-1, os.SEEK_END)
         byte = f.read(1)
         f.seek(-1, os.SEEK_END)
         f.write(bytes([byte[0] ^ 1]))
     capsys.readouterr()
     assert main(["verify", str(root)]) == 1
-    assert "dali/test_images.npy: sha256 differs" in capsys.readouterr().err
+    assert "arrays/test_images.npy: sha256 differs" in capsys.readouterr().err
 
 
 def test_tarball_members_stream_in_any_order(tmp_path):
@@ -177,7 +179,7 @@ def test_tarball_members_stream_in_any_order(tmp_path):
     with tarfile.open(shuffled, "w:gz") as tar:
         for m, data in reversed(members):
             tar.addfile(m, io.BytesIO(data))
-    root = convert("cifar10", shuffled, tmp_path / "out", formats=["dali"], allow_subset=True,
+    root = convert("cifar10", shuffled, tmp_path / "out", formats=["arrays"], allow_subset=True,
                    quiet=True)
     np.testing.assert_array_equal(_load_npy(root, "train")[0], src["train"][0])
 
@@ -201,4 +203,4 @@ def test_real_cifar10_ffcv_loader_mean(cifar10_records):
     images, labels = _ffcv_loader_arrays(cifar10_records / "ffcv/train.beton", batch_size=1000)
     assert images.shape == (50000, 32, 32, 3)
     np.testing.assert_allclose(images.mean(axis=(0, 1, 2)) / 255, CIFAR10_TRAIN_MEAN, atol=1e-3)
-    np.testing.assert_array_equal(labels, np.load(cifar10_records / "dali/train_labels.npy"))
+    np.testing.assert_array_equal(labels, np.load(cifar10_records / "arrays/train_labels.npy"))

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagenet_fixture import (expected, make_imagenet_folder, make_imagenet_tars, read_beton,
-                              read_webdataset)
 from PIL import Image
 
+from fixtures import expected, make_imagenet_folder, make_imagenet_tars, read_beton, read_webdataset
 from tools.convert import convert, verify
 from tools.datasets.safe_tar import UnsafeArchiveError
 
@@ -33,8 +32,7 @@ def converted(sources, tmp_path_factory):
     """Each layout converted once into every installed format."""
     import importlib.util
 
-    formats = [f for f, mod in (("ffcv", "ffcv"), ("dali", "nvidia.dali"))
-               if importlib.util.find_spec(mod)] or ["dali"]
+    formats = ["webdataset"] + (["ffcv"] if importlib.util.find_spec("ffcv") else [])
     out = {}
     for layout, src in sources.items():
         dest = tmp_path_factory.mktemp(f"imagenet_{layout}")
@@ -67,9 +65,9 @@ def test_counts_classes_and_skipped(sources, converted, layout):
 @pytest.mark.timeout(300)
 def test_both_layouts_give_identical_shards(converted):
     folders, archives = _manifest(converted["folders"]), _manifest(converted["archives"])
-    shards = {k: v for k, v in folders["files"].items() if k.startswith("dali/")}
+    shards = {k: v for k, v in folders["files"].items() if k.startswith("webdataset/")}
     assert shards and shards == {k: v for k, v in archives["files"].items()
-                                 if k.startswith("dali/")}
+                                 if k.startswith("webdataset/")}
     assert folders["splits"] == archives["splits"]
     assert "class_names" in archives and "class_names" not in folders  # from the devkit
 
@@ -82,10 +80,10 @@ def _reference(src, key, size):
 @pytest.mark.dali
 @pytest.mark.parametrize("layout", ["folders", "archives"])
 @pytest.mark.timeout(300)
-def test_dali_reads_every_shard_as_rgb(sources, converted, layout):
+def test_dali_reads_every_webdataset_shard_as_rgb(sources, converted, layout):
     want = expected(sources[layout])
     for split in ("train", "val"):
-        samples = read_webdataset(converted[layout] / "dali" / split)
+        samples = read_webdataset(converted[layout] / "webdataset" / split)
         assert len(samples) == want["splits"][split]["count"]
         labels = [label for _, _, label in samples]
         assert np.bincount(labels, minlength=4).tolist() == want["splits"][split]["per_class"]
@@ -93,12 +91,13 @@ def test_dali_reads_every_shard_as_rgb(sources, converted, layout):
             assert labels != sorted(labels)  # shuffled once before sharding
             keys = [key for key, _, _ in samples]
             assert [int(k[1:9]) - 1 for k in keys] == labels  # key n0000000<c>_... is class c
-        for key, image, _ in samples:
+        for _, image, _ in samples:
             assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
             assert 0 < min(image.shape[:2]) <= MAX_SIDE[split]
     # Oddities decode to the right RGB picture (a wrong CMYK inversion or an applied EXIF
     # rotation would be off by far more than JPEG noise).
-    images = {key: image for key, image, _ in read_webdataset(converted[layout] / "dali/train")}
+    shards = converted[layout] / "webdataset/train"
+    images = {key: image for key, image, _ in read_webdataset(shards)}
     for key in want["references"]:
         image = images[key].astype(np.float64)
         ref = _reference(sources[layout], key, (image.shape[1], image.shape[0]))
@@ -110,11 +109,11 @@ def test_dali_reads_every_shard_as_rgb(sources, converted, layout):
 @pytest.mark.ffcv
 @pytest.mark.dali
 @pytest.mark.timeout(300)
-def test_ffcv_holds_the_same_samples_as_dali(converted):
+def test_ffcv_holds_the_same_samples_as_the_shards(converted):
     root = converted["archives"]
     for split in ("train", "val"):
         records = read_beton(root / f"ffcv/{split}.beton")
-        samples = read_webdataset(root / "dali" / split)
+        samples = read_webdataset(root / "webdataset" / split)
         assert [label for _, label in records] == [label for _, _, label in samples]
         for (pixels, _), (key, image, _) in zip(records, samples):
             assert pixels.shape == image.shape, key
@@ -150,7 +149,7 @@ def _tiny(tmp_path, **kw):
 
 def _fails(src, out, match, exc=ValueError, **kw):
     with pytest.raises(exc, match=match):
-        convert("imagenet", src, out, formats=["dali"], quiet=True, **kw)
+        convert("imagenet", src, out, formats=["webdataset"], quiet=True, **kw)
     assert not (Path(out) / "imagenet/manifest.json").exists()
 
 
@@ -176,9 +175,9 @@ def test_flat_val_folder_is_labelled_from_the_devkit(tmp_path):
     for folder in (src / "val").glob("n*"):
         if folder.is_dir():
             folder.rmdir()
-    root = convert("imagenet", src, tmp_path / "out", formats=["dali"], allow_subset=True,
+    root = convert("imagenet", src, tmp_path / "out", formats=["webdataset"], allow_subset=True,
                    quiet=True)
-    assert {key: label for key, _, label in read_webdataset(root / "dali/val")} == want
+    assert {key: label for key, _, label in read_webdataset(root / "webdataset/val")} == want
 
 
 def test_missing_devkit_is_named(tmp_path):
@@ -233,12 +232,12 @@ def test_killed_conversion_leaves_nothing_complete_and_resumes(sources, tmp_path
     out = tmp_path / "out"
     root = out / "imagenet"
     cmd = [sys.executable, "tools/convert.py", "imagenet", "--src", str(sources["folders"]),
-           "--out", str(out), "--formats", "dali", "--allow-subset", "--shard-size", "4",
+           "--out", str(out), "--formats", "webdataset", "--allow-subset", "--shard-size", "4",
            "--workers", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "RESPIPE_CONVERT_TEST_SLEEP": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    second = root / "dali/train/shard-000001.tar"
+    second = root / "webdataset/train/shard-000001.tar"
     try:
         deadline = time.monotonic() + 200
         while not second.exists():
@@ -250,17 +249,18 @@ def test_killed_conversion_leaves_nothing_complete_and_resumes(sources, tmp_path
         proc.wait()
     assert not (root / "manifest.json").exists()
     before = _final_files(root)
-    assert root / "dali/train/shard-000000.idx" in before and second in before
+    assert root / "webdataset/train/shard-000000.idx" in before and second in before
     for path in before:  # every final-named file is complete
         if path.suffix == ".tar":
             with tarfile.open(path) as tar:
                 assert len(tar.getmembers()) % 2 == 0 and tar.getmembers()
-    first_shard = (root / "dali/train/shard-000000.tar").stat()
+    first_shard = (root / "webdataset/train/shard-000000.tar").stat()
 
     with pytest.warns(UserWarning, match="skipped"):
-        convert("imagenet", sources["folders"], out, formats=["dali"], allow_subset=True,
+        convert("imagenet", sources["folders"], out, formats=["webdataset"], allow_subset=True,
                 shard_size=4, workers=1, quiet=True)
-    assert (root / "dali/train/shard-000000.tar").stat().st_ino == first_shard.st_ino  # reused
+    reused = (root / "webdataset/train/shard-000000.tar").stat().st_ino == first_shard.st_ino
+    assert reused
     assert verify(root) == []
     manifest = _manifest(root)
     want = expected(sources["folders"])
@@ -274,7 +274,7 @@ def test_killed_conversion_leaves_nothing_complete_and_resumes(sources, tmp_path
 
 def test_changed_settings_rewrite_and_drop_stale_shards(sources, tmp_path):
     out = tmp_path / "out"
-    kwargs = dict(formats=["dali"], allow_subset=True, workers=1, quiet=True)
+    kwargs = dict(formats=["webdataset"], allow_subset=True, workers=1, quiet=True)
     with pytest.warns(UserWarning):
         root = convert("imagenet", sources["folders"], out, shard_size=4, **kwargs)
     assert _manifest(root)["splits"]["train"]["shards"] == 8  # 30 train files, 4 per shard
@@ -282,7 +282,7 @@ def test_changed_settings_rewrite_and_drop_stale_shards(sources, tmp_path):
         convert("imagenet", sources["folders"], out, shard_size=10, **kwargs)
     manifest = _manifest(root)
     assert manifest["splits"]["train"]["shards"] == 3
-    shards = sorted(p.name for p in (root / "dali/train").iterdir())
+    shards = sorted(p.name for p in (root / "webdataset/train").iterdir())
     assert shards == [f"shard-00000{i}.{ext}" for i in range(3) for ext in ("idx", "tar")]
     assert verify(root) == []
 
@@ -293,15 +293,15 @@ def test_formats_can_be_added_and_dropped(sources, tmp_path):
     src, out = sources["archives"], tmp_path / "out"
     kwargs = dict(allow_subset=True, workers=1, quiet=True)
     with pytest.warns(UserWarning):
-        root = convert("imagenet", src, out, formats=["dali"], **kwargs)
-    shard = (root / "dali/val/shard-000000.tar").stat().st_ino
+        root = convert("imagenet", src, out, formats=["webdataset"], **kwargs)
+    shard = (root / "webdataset/val/shard-000000.tar").stat().st_ino
     with pytest.warns(UserWarning):
-        convert("imagenet", src, out, formats=["dali", "ffcv"], **kwargs)
-    assert (root / "dali/val/shard-000000.tar").stat().st_ino == shard  # reused, not redone
+        convert("imagenet", src, out, formats=["webdataset", "ffcv"], **kwargs)
+    assert (root / "webdataset/val/shard-000000.tar").stat().st_ino == shard  # reused, not redone
     assert {"ffcv/train.beton", "ffcv/val.beton"} <= set(_manifest(root)["files"])
     assert verify(root) == []
     with pytest.warns(UserWarning):
         convert("imagenet", src, out, formats=["ffcv"], **kwargs)
     assert sorted(_manifest(root)["files"]) == ["ffcv/train.beton", "ffcv/val.beton"]
-    assert not [p for p in (root / "dali").rglob("*") if p.is_file()]
+    assert not [p for p in (root / "webdataset").rglob("*") if p.is_file()]
     assert verify(root) == []

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from tools.datasets.images import BadImage, fit_shorter, prepare
-from tools.records.atomic import OutputDir
-from tools.records.dali import ShardWriter, index_count
+from tools.writers.atomic import OutputDir
+from tools.writers.webdataset import ShardWriter, index_count
 
 
 def _encoded(img, fmt="JPEG", **kw):
@@ -64,12 +64,12 @@ def test_prepare_rejects_broken_images(kind, reason):
 
 def test_shard_index_points_at_each_member(tmp_path):
     out = OutputDir(tmp_path / "ds", "fp")
-    shard = ShardWriter(out, "dali/train/shard-000000.tar")
+    shard = ShardWriter(out, "webdataset/train/shard-000000.tar")
     payloads = {f"key{i}": bytes([i]) * (100 + 700 * i) for i in range(3)}
     for i, (key, data) in enumerate(payloads.items()):
         shard.add(key, data, label=i * 7)
     shas = shard.commit()
-    assert set(shas) == {"dali/train/shard-000000.tar", "dali/train/shard-000000.idx"}
+    assert set(shas) == {"webdataset/train/shard-000000.tar", "webdataset/train/shard-000000.idx"}
     tar_path, idx_path = (tmp_path / "ds" / rel for rel in sorted(shas, reverse=True))
     assert index_count(idx_path) == 3
     raw = tar_path.read_bytes()
@@ -110,7 +110,7 @@ class _Boom:
 @pytest.mark.ffcv
 @pytest.mark.timeout(120)
 def test_ffcv_worker_error_raises_instead_of_hanging(tmp_path):
-    from tools.records.ffcv import write_beton
+    from tools.writers.ffcv import write_beton
 
     out = OutputDir(tmp_path / "ds", "fp")
     with pytest.raises(RuntimeError, match=r"FFCV writer failed .*sample 13: ValueError: boom"):

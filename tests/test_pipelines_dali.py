@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pattern_fixture import pattern_records, val_items  # noqa: F401
+from fixtures import CIFAR10_TEST_MEAN, as_uint8_hwc, digests, val_items
 from pipelines import AugSpec, DataConfig, build_loader
 from pipelines.ops import unnormalize
-from pipelines.records import EpochPlan, cifar_split_indices, load_cifar_arrays
+from pipelines.plan import EpochPlan
+from pipelines.readers import cifar_split_indices, load_cifar_arrays
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
-
-from pixels import CIFAR10_TEST_MEAN, as_uint8_hwc, digests
 
 pytestmark = [pytest.mark.dali, pytest.mark.timeout(180)]
 
@@ -32,7 +31,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
     cfg = DataConfig(dataset="cifar10", root=str(cifar10_records), backend="dali",
                      batch_size=500, eval_batch_size=1000, num_workers=2,
                      aug=AugSpec(pad=0, flip_p=0.0))
-    official, labels = load_cifar_arrays(cifar10_records, "train")
+    official, labels = load_cifar_arrays(DataConfig(root=str(cifar10_records)), "train")
     train_index = cifar_split_indices(cfg, "train")
     shares = []
     for rank in (0, 1):
@@ -67,7 +66,8 @@ def test_cifar_pad_crop_is_a_shifted_window(cifar10_records):
     is a 32x32 window of its zero-padded source (known from the EpochPlan), maybe mirrored."""
     cfg = DataConfig(dataset="cifar10", root=str(cifar10_records), backend="dali",
                      batch_size=256, num_workers=2)
-    split = load_cifar_arrays(cifar10_records, "train")[0][cifar_split_indices(cfg, "train")]
+    official = load_cifar_arrays(DataConfig(root=str(cifar10_records)), "train")[0]
+    split = official[cifar_split_indices(cfg, "train")]
     plan = EpochPlan(len(split), 256, 0, 1, seed=0, shuffle=True, drop_last=True)
     sources = np.pad(split[plan.indices()[:256]], ((0, 0), (4, 4), (4, 4), (0, 0)))
     images, _ = next(iter(build_loader(cfg, "train", "cpu", seed=0)))
@@ -91,7 +91,7 @@ def test_lighting_fold_matches_pca_covariance():
     (4.5 SE); the shift is the same on every pixel of an image."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipelines.dali_loader import _normalize_args, lighting_shift
+    from pipelines.dali import _normalize_args, lighting_shift
 
     cfg = DataConfig(dataset="imagenet")
     grey = np.full((8, 8, 3), 128, dtype=np.uint8)
@@ -119,7 +119,7 @@ def test_lighting_fold_matches_pca_covariance():
 
 
 def test_cls_labels_are_parsed_and_checked():
-    from pipelines.dali_loader import ImageNetLoader
+    from pipelines.dali import ImageNetLoader
 
     loader = ImageNetLoader.__new__(ImageNetLoader)
     loader.device, loader.cfg, loader.split = torch.device("cpu"), DataConfig("imagenet"), "val"

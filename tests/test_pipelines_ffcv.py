@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pattern_fixture import pattern_records, train_items  # noqa: F401
+from fixtures import CIFAR10_TEST_MEAN, as_uint8_hwc, digests, train_items
 from pipelines import AugSpec, DataConfig, build_loader
 from pipelines.ops import unnormalize
-from pipelines.records import cifar_split_indices, load_cifar_arrays
-
-from pixels import CIFAR10_TEST_MEAN, as_uint8_hwc, digests
+from pipelines.readers import cifar_split_indices, load_cifar_arrays
 
 pytestmark = [pytest.mark.ffcv, pytest.mark.timeout(180)]
 
@@ -27,7 +25,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
     cfg = DataConfig(dataset="cifar10", root=str(cifar10_records), backend="ffcv",
                      batch_size=500, eval_batch_size=1000, num_workers=2,
                      aug=AugSpec(pad=0, flip_p=0.0))
-    official, labels = load_cifar_arrays(cifar10_records, "train")
+    official, labels = load_cifar_arrays(DataConfig(root=str(cifar10_records)), "train")
     train_index = cifar_split_indices(cfg, "train")
     shares, counts = [], []
     for rank in (0, 1):
@@ -59,7 +57,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
 def test_scale_crop_box_draws_the_paper_scales():
     """The numba crop function, run as plain Python: implied shorter side S = 224 * short / c
     covers U{256..480} (rounding of c moves S by < 1.2 px here), boxes stay inside."""
-    from pipelines.ffcv_loader import scale_crop_box
+    from pipelines.ffcv import scale_crop_box
 
     np.random.seed(0)
     height, width, short = 375, 500, 375
@@ -79,7 +77,7 @@ def test_read_u64_sees_python_updates():
     """The per-epoch seed reaches compiled code through an address: numba must read the value
     current at call time, not a frozen copy."""
     numba = pytest.importorskip("numba")
-    from pipelines.ffcv_loader import read_u64
+    from pipelines.ffcv import read_u64
 
     cell = np.zeros(1, dtype=np.uint64)
     address = cell.ctypes.data
@@ -94,7 +92,7 @@ def test_read_u64_sees_python_updates():
 def test_imagenet_train_resume_and_eval_buffer_cap(pattern_records, monkeypatch):
     """Train: a resumed pass repeats the uninterrupted one from batch `start`, images and all.
     Eval with the decode buffer capped to one image per FFCV batch still covers the split."""
-    import pipelines.ffcv_loader as ffcv_loader
+    import pipelines.ffcv as ffcv_backend
 
     cfg = DataConfig(dataset="imagenet", root=str(pattern_records), backend="ffcv",
                      batch_size=6, eval_batch_size=4, num_workers=2, dtype="bfloat16")
@@ -109,7 +107,7 @@ def test_imagenet_train_resume_and_eval_buffer_cap(pattern_records, monkeypatch)
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert sorted(torch.cat([y for _, y in full]).tolist()) == list(range(len(train_items())))
 
-    monkeypatch.setattr(ffcv_loader, "DECODE_BUDGET", 1)
+    monkeypatch.setattr(ffcv_backend, "DECODE_BUDGET", 1)
     val = build_loader(cfg, "val", "cpu", eval_mode="tencrop")
     batches = list(val)
     assert len(val) == len(batches) == 10  # one image per batch under the cap

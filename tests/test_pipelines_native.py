@@ -10,44 +10,32 @@ import numpy as np
 import pytest
 import torch
 
-from pattern_fixture import pattern_records_for
+from fixtures import write_cifar_records
 from pipelines import AugSpec, DataConfig, build_loader, ops
-from pipelines.records import (EpochPlan, ShardReader, cifar_split_indices, read_manifest,
-                               shard_index, shard_indices)
+from pipelines.plan import EpochPlan, shard_indices
+from pipelines.readers import ShardReader, cifar_split_indices, shard_index
 from pipelines.spec import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
-
-
-@pytest.fixture(scope="session")
-def pattern_records(tmp_path_factory):
-    """ImageNet-format records of tests/pattern_fixture.py (converted once per session)."""
-    return pattern_records_for(tmp_path_factory)
+from records import format as fmt
 
 
 # ----------------------------------------------------------------------------- tiny records
 def write_manifest(root, dataset, counts, classes):
     root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").write_text(json.dumps({
-        "dataset": dataset, "version": 1, "source": "test", "settings": {}, "classes": classes,
-        "splits": {split: {"count": n, "per_class": []} for split, n in counts.items()},
-        "files": {}, "skipped": []}))
+    formats = [fmt.FORMATS[dataset][0]]
+    fmt.write_manifest(root, fmt.make_manifest(
+        dataset=dataset, formats=formats, source="test", settings={}, classes=classes,
+        splits={split: {"count": n, "per_class": []} for split, n in counts.items()}))
 
 
 @pytest.fixture(scope="module")
 def tiny_cifar(tmp_path_factory):
-    """CIFAR-format records: 120 train / 30 test random images; every train image's top-left
-    pixel holds its index (R = i % 256, G = i // 256) so outputs can be traced back."""
-    root = tmp_path_factory.mktemp("tiny") / "cifar10"
+    """CIFAR-format records: 120 train / 30 test random images (random pixels make every
+    image and every crop of it unique, so outputs can be traced back)."""
     rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 120), ("test", 30)):
-        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).astype(np.int64)
-        arrays[split] = images, labels
-        (root / "dali").mkdir(parents=True, exist_ok=True)
-        np.save(root / "dali" / f"{split}_images.npy", images)
-        np.save(root / "dali" / f"{split}_labels.npy", labels)
-    write_manifest(root, "cifar10", {"train": 120, "test": 30}, [str(i) for i in range(10)])
-    return root, arrays
+    arrays = {split: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                      rng.integers(0, 10, n).astype(np.int64))
+              for split, n in (("train", 120), ("test", 30))}
+    return write_cifar_records(tmp_path_factory.mktemp("tiny"), arrays), arrays
 
 
 def cifar_cfg(root, backend="native", **kw) -> DataConfig:
@@ -213,15 +201,31 @@ def test_epoch_plan():
 
 
 def test_read_manifest_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest"):
-        read_manifest(tmp_path)
-    write_manifest(tmp_path, "cifar10", {"train": 1}, ["a"])
+    with pytest.raises(FileNotFoundError, match=r"manifest.json: no records here.*"
+                                                 r"make dataset-imagenet"):
+        fmt.read_manifest(tmp_path, "imagenet")
+    write_manifest(tmp_path, "cifar10", {"train": 1, "test": 0}, ["a"])
     with pytest.raises(ValueError, match="'cifar10' but data.dataset='imagenet'"):
-        read_manifest(tmp_path, "imagenet")
-    (tmp_path / "manifest.json").write_text(json.dumps({"dataset": "cifar10", "version": 9,
-                                                        "classes": [], "splits": {}}))
-    with pytest.raises(ValueError, match="version 9"):
-        read_manifest(tmp_path)
+        fmt.read_manifest(tmp_path, "imagenet")
+    old = {"dataset": "cifar10", "version": 1, "classes": [], "splits": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(fmt.RecordsError, match=r"format version 1, this code reads version 2; "
+                                                r"convert again: make dataset-cifar10"):
+        fmt.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(fmt.RecordsError, match="not valid JSON"):
+        fmt.read_manifest(tmp_path)
+
+
+def test_backend_needs_its_format(tiny_cifar):
+    """An arrays-only folder: the ffcv backend is told which records it lacks and the command
+    that writes them (without importing FFCV)."""
+    manifest = fmt.read_manifest(tiny_cifar[0])
+    with pytest.raises(FileNotFoundError, match=r"data.backend='ffcv' reads the 'ffcv' records.*"
+                                                 r"make dataset-cifar10"):
+        fmt.require_format(tiny_cifar[0], manifest, "ffcv")
+    assert fmt.require_format(tiny_cifar[0], manifest, "dali") == "arrays"
+    assert fmt.require_format(tiny_cifar[0], manifest, "synthetic") is None
 
 
 def test_cifar_split_indices(tiny_cifar):
@@ -239,37 +243,38 @@ def test_cifar_split_indices(tiny_cifar):
 
 
 def write_shard(path, samples, with_index):
-    offsets = []
+    """A shard written with tarfile (not the converter's writer), its index by records.format."""
+    lines = []
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, payload, label in samples:
-            line = []
+            parts = []
             for ext, data in (("jpg", payload), ("cls", str(label).encode())):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-                line.append(f"{ext} {tar.offset - -(-len(data) // 512) * 512} {len(data)} "
-                            f"{key}.{ext}")
-            offsets.append(" ".join(line))
+                parts.append((ext, tar.offset - -(-len(data) // 512) * 512, len(data)))
+            lines.append(fmt.index_line(key, parts))
     if with_index:
-        path.with_suffix(".idx").write_text(f"v1.2 {len(samples)}\n" + "\n".join(offsets) + "\n")
+        path.with_suffix(".idx").write_text(fmt.index_text(lines))
 
 
 @pytest.mark.parametrize("with_index", [True, False])
 def test_shard_reader(tmp_path, with_index):
     root = tmp_path / "imagenet"
-    (root / "dali" / "val").mkdir(parents=True)
+    (root / fmt.shard_folder_rel("val")).mkdir(parents=True)
     samples = [(f"k{i:03d}", bytes([i]) * (100 + 700 * i), i % 3) for i in range(5)]
-    write_shard(root / "dali" / "val" / "shard-000000.tar", samples[:3], with_index)
-    write_shard(root / "dali" / "val" / "shard-000001.tar", samples[3:], with_index)
+    write_shard(root / fmt.shard_rel("val", 0), samples[:3], with_index)
+    write_shard(root / fmt.shard_rel("val", 1), samples[3:], with_index)
     write_manifest(root, "imagenet", {"train": 0, "val": 5}, ["a", "b", "c"])
-    reader = ShardReader(shard_index(root, "val"))
+    cfg = DataConfig(dataset="imagenet", root=str(root))
+    reader = ShardReader(shard_index(cfg, "val"))
     assert len(reader) == 5
     for i, (_, payload, label) in enumerate(samples):
         assert reader.read(i) == (payload, label)
     assert reader.labels().tolist() == [0, 1, 2, 0, 1]
     write_manifest(root, "imagenet", {"train": 0, "val": 6}, ["a", "b", "c"])
     with pytest.raises(ValueError, match="manifest.json says 6"):
-        shard_index(root, "val")
+        shard_index(cfg, "val")
 
 
 # ----------------------------------------------------------------------------- build_loader

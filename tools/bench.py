@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
@@ -29,11 +29,11 @@ import torch  # noqa: E402
 
 from pipelines import build_loader  # noqa: E402
 from pipelines.spec import DataConfig, num_classes  # noqa: E402
+from records import format as fmt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("native", "torchvision", "ffcv", "dali")
-NEEDS = {"ffcv": ("ffcv", "pipelines.ffcv_loader"),
-         "dali": ("nvidia.dali", "pipelines.dali_loader")}
+NEEDS = {"ffcv": ("ffcv",), "dali": ("nvidia.dali",)}
 PACKAGES = ("torch", "torchvision", "numpy", "pillow", "ffcv", "nvidia-dali-cuda130", "numba",
             "opencv-python")
 
@@ -207,7 +207,7 @@ def main(argv=None) -> dict:
     datasets = []
     for root, batch in ((args.cifar, args.cifar_batch), (args.imagenet, args.imagenet_batch)):
         if root:
-            manifest = json.loads((Path(root) / "manifest.json").read_text())
+            manifest = fmt.read_manifest(root)
             datasets.append((manifest["dataset"], root, batch))
 
     loader_rows, train_rows = [], []
@@ -261,7 +261,7 @@ def main(argv=None) -> dict:
                           *(sys.argv[1:] if argv is None else argv)])
     result = {
         "command": command, "cwd": os.getcwd(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_name(device), "device_type": device.type, "versions": versions(),
         "torch_threads": torch.get_num_threads(),
         "load_average": {"before": load_before,

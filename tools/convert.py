@@ -1,12 +1,13 @@
 """Convert CIFAR-10/100 and ImageNet-2012 into the record formats respipe's pipelines read.
 
-  python tools/convert.py {cifar10,cifar100,imagenet} --src PATH --out DIR [--formats ffcv,dali]
+  python tools/convert.py {cifar10,cifar100,imagenet} --src PATH --out DIR [--formats F,...]
                           [--workers N] [--strict] [--allow-subset] [...]
   python tools/convert.py verify DIR/<dataset>
 
-Writes DIR/<dataset>/{ffcv,dali}/... and, last, DIR/<dataset>/manifest.json (see README.md,
-"Records"). Every output appears under its final name only when
-complete; a rerun after a crash skips the outputs already finished.
+Writes DIR/<dataset>/<format>/... and, last, DIR/<dataset>/manifest.json (the layout is
+records/format.py's). Formats: CIFAR "arrays" (.npy) and "ffcv"; ImageNet "webdataset"
+(tar shards) and "ffcv". Every output appears under its final name only when complete; a rerun
+after a crash skips the outputs already finished.
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import from the repo root, not from tools/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from tools.records import manifest as manifest_lib  # noqa: E402
-from tools.records.ffcv import beton_payload  # noqa: E402
+from records import format as fmt  # noqa: E402
+from tools.writers.ffcv import beton_payload  # noqa: E402
+from tools.writers.verify import verify  # noqa: E402,F401  (tools.convert.verify is the API)
 
-DATASETS = ("cifar10", "cifar100", "imagenet")
-FORMATS = ("ffcv", "dali")
+DATASETS = fmt.DATASETS
 # ImageNet defaults: shorter side capped at the largest train scale (480) and the largest
 # multi-scale test side (640). Most ImageNet photos (~500x375) are below both caps and their
 # original JPEG goes to the shards unchanged. FFCV re-encodes every image at this quality.
@@ -43,7 +44,7 @@ shorter side capped at {TRAIN_MAX_SIDE} (train) / {VAL_MAX_SIDE} (val) px (--tra
         max_resolution unset (it would cap the LONGER side; images are pre-resized instead).
         Disk: about the size of the source JPEGs, ImageNet's average being ~110 KB, so
         ~100-140 GB for train and ~5 GB for val (52 KB/image measured on 500 px photos);
-  dali: webdataset shards dali/<split>/shard-NNNNNN.tar (+ .idx for fn.readers.webdataset)
+  webdataset: shards webdataset/<split>/shard-NNNNNN.tar (+ .idx for fn.readers.webdataset)
         of <key>.jpg + <key>.cls, --shard-size images each (default: min(1000, N/8), ~110 MB);
         an RGB JPEG that needs no resize is stored byte for byte, others are re-encoded
         at --jpeg-quality. Train is shuffled once (seed 0) before sharding; val keeps name order.
@@ -56,22 +57,19 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def convert(dataset: str, src=None, out="data/records", formats=FORMATS, workers=None,
+def convert(dataset: str, src=None, out="data/records", formats=None, workers=None,
             strict=False, *, allow_subset=False, jpeg_quality=JPEG_QUALITY,
             train_max_side=TRAIN_MAX_SIDE, val_max_side=VAL_MAX_SIDE, shard_size=None,
             quiet=False) -> Path:
-    """Convert `dataset` from `src` into out/<dataset>; returns that folder."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
-    formats = tuple(formats.split(",")) if isinstance(formats, str) else tuple(formats)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"formats {formats}: expected a non-empty subset of {FORMATS}")
+    """Convert `dataset` from `src` into out/<dataset>; returns that folder. formats: None for
+    every format of the dataset (records.format.FORMATS)."""
+    formats = fmt.parse_formats(dataset, fmt.FORMATS.get(dataset, ()) if formats is None
+                                else formats)
     workers = workers or default_workers()
     root = Path(out) / dataset
     t0 = time.perf_counter()
     if dataset == "imagenet":
-        from tools.records.imagenet import convert_imagenet
+        from tools.writers.imagenet import convert_imagenet
 
         if src is None:
             raise ValueError("imagenet needs --src (a folder with the archives or train/ val/)")
@@ -81,7 +79,7 @@ def convert(dataset: str, src=None, out="data/records", formats=FORMATS, workers
             val_max_side=val_max_side, shard_size=shard_size)
     else:
         from tools.datasets.cifar import download
-        from tools.records.cifar import convert_cifar
+        from tools.writers.cifar import convert_cifar
 
         if src is None:
             src, info = download(dataset, Path(out) / "downloads"), {"downloaded": True}
@@ -103,24 +101,20 @@ def summary(root: Path, manifest: dict, report: dict, seconds: float) -> str:
     counts = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
     lines = [f"{manifest['dataset']}: {total} images ({counts}), "
              f"{len(manifest['skipped'])} skipped, {seconds:.1f} s -> {root}"]
-    for fmt, r in report.items():
-        rels = [rel for rel in manifest["files"] if rel.startswith(f"{fmt}/")]
+    for name, r in report.items():
+        rels = [rel for rel in manifest["files"] if rel.startswith(f"{name}/")]
         if not r["images"] and not rels:
             continue
         rate = f"{r['images'] / r['seconds']:.0f} img/s" if r["images"] else "reused"
         size = sum((root / rel).stat().st_size for rel in rels)
-        line = f"  {fmt}: {r['images']} images in {r['seconds']:.1f} s, {rate}"
+        line = f"  {name}: {r['images']} images in {r['seconds']:.1f} s, {rate}"
         if rels:
             line += f", {size / total / 1024:.1f} KiB/image on disk"
-        if fmt == "ffcv" and rels:
+        if name == "ffcv" and rels:
             payload = sum(beton_payload(root / rel) for rel in rels)
             line += f" ({payload / total / 1024:.1f} KiB/image of sample data)"
         lines.append(line)
     return "\n".join(lines)
-
-
-def verify(root) -> list[str]:
-    return manifest_lib.verify(Path(root))
 
 
 def main(argv=None) -> int:
@@ -136,7 +130,8 @@ def main(argv=None) -> int:
                        help="imagenet: folder with archives or train/ val/; cifar: the python "
                        "tarball (omit to download the official one, md5-checked)")
         p.add_argument("--out", type=Path, required=True, help="writes OUT/<dataset>/")
-        p.add_argument("--formats", default=",".join(FORMATS), help="comma list of ffcv,dali")
+        p.add_argument("--formats", default=",".join(fmt.FORMATS[name]),
+                       help=f"comma list of {','.join(fmt.FORMATS[name])} (default: all)")
         p.add_argument("--workers", type=int, default=None,
                        help=f"processes (default: all cores, here {default_workers()})")
         p.add_argument("--strict", action="store_true",

@@ -1,8 +1,7 @@
-"""DALI-side records: .npy arrays (CIFAR) and webdataset tar shards with their index (ImageNet).
+"""The "webdataset" record writer: ImageNet tar shards and their index.
 
-The index is the `v1.2` text format of DALI's wds2idx, which fn.readers.webdataset takes as
-`index_paths`: a header `v1.2 <samples>`, then per sample `<ext> <data offset> <size> <name>` for
-each component. We write it from offsets recorded while writing the tar, so no second pass.
+The index (records.format: DALI's wds2idx `v1.2` text format, which fn.readers.webdataset takes
+as `index_paths`) is written from offsets recorded while writing the tar, so no second pass.
 """
 from __future__ import annotations
 
@@ -10,19 +9,11 @@ import io
 import tarfile
 from pathlib import Path
 
-import numpy as np
+from records import format as fmt
 
 from .atomic import HashingWriter, OutputDir
 
-INDEX_VERSION = "v1.2"
 BLOCK = tarfile.BLOCKSIZE
-
-
-def write_npy(out: OutputDir, rel: str, array: np.ndarray) -> str:
-    tmp = out.tmp_path(rel)
-    with open(tmp, "wb") as f:  # a file object: np.save(path) would append ".npy" to tmp
-        np.save(f, array)
-    return out.commit(rel, tmp, shape=list(array.shape), dtype=str(array.dtype))
 
 
 class ShardWriter:
@@ -30,7 +21,7 @@ class ShardWriter:
 
     def __init__(self, out: OutputDir, rel_tar: str):
         self.out, self.rel_tar = out, rel_tar
-        self.rel_idx = rel_tar[: -len(".tar")] + ".idx"
+        self.rel_idx = fmt.index_rel(rel_tar)
         self.tmp = out.tmp_path(rel_tar)
         self._file = HashingWriter(self.tmp)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
@@ -44,11 +35,9 @@ class ShardWriter:
         return self._file.tell() - padded, len(data)
 
     def add(self, key: str, jpeg: bytes, label: int) -> None:
-        parts = []
-        for ext, data in (("jpg", jpeg), ("cls", str(label).encode("ascii"))):
-            offset, size = self._member(f"{key}.{ext}", data)
-            parts.append(f"{ext} {offset} {size} {key}.{ext}")
-        self._index.append(" ".join(parts))
+        parts = [(ext, *self._member(f"{key}.{ext}", data))
+                 for ext, data in (("jpg", jpeg), ("cls", str(label).encode("ascii")))]
+        self._index.append(fmt.index_line(key, parts))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -65,16 +54,11 @@ class ShardWriter:
         shas = {self.rel_tar: self.out.commit(self.rel_tar, self.tmp, self._file.hexdigest(),
                                               samples=len(self), **info)}
         tmp_idx = self.out.tmp_path(self.rel_idx)
-        tmp_idx.write_text(f"{INDEX_VERSION} {len(self)}\n" + "".join(
-            line + "\n" for line in self._index))
+        tmp_idx.write_text(fmt.index_text(self._index))
         shas[self.rel_idx] = self.out.commit(self.rel_idx, tmp_idx, samples=len(self))
         return shas
 
 
 def index_count(path: Path) -> int:
     """Samples listed by a webdataset index file (checked against its own header)."""
-    lines = path.read_text().splitlines()
-    version, _, count = lines[0].partition(" ") if lines else ("", "", "")
-    if version != INDEX_VERSION or not count.isdigit() or int(count) != len(lines) - 1:
-        raise ValueError(f"{path}: not a {INDEX_VERSION} webdataset index with a matching count")
-    return int(count)
+    return len(fmt.parse_index(path))

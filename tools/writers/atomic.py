@@ -13,9 +13,11 @@ import os
 import time
 from pathlib import Path
 
+from records import format as fmt
+from records.format import MANIFEST
+
 TMP_MARK = ".tmp-"
 PROGRESS = ".progress"
-MANIFEST = "manifest.json"
 # Test hook: seconds to sleep after each committed output, so a test can kill a run mid-way.
 SLEEP_ENV = "RESPIPE_CONVERT_TEST_SLEEP"
 
@@ -156,4 +158,4 @@ class OutputDir:
                     self._record(path.relative_to(self.root).as_posix()).unlink(missing_ok=True)
 
     def write_manifest(self, manifest: dict) -> None:
-        write_json_atomic(self.root / MANIFEST, manifest)
+        fmt.write_manifest(self.root, manifest)

@@ -5,7 +5,7 @@ GPU) -> fn.resize to shorter side S (torchvision's size rule, see resize_shorter
 fn.crop_mirror_normalize, with the PCA lighting folded into a per-sample mean
 (mean - 255 * eigvec @ (alpha * eigval)). Eval crops sit where torchvision's center_crop and
 ten_crop put them (see eval_crops), so all backends evaluate the same pixels.
-CIFAR: fn.external_source feeds the batches of records.EpochPlan from the .npy arrays; the
+CIFAR: fn.external_source feeds the batches of plan.EpochPlan from the .npy arrays; the
 pad-and-crop is one fn.slice with out-of-bounds padding, flip and normalize one
 crop_mirror_normalize.
 
@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from nvidia.dali import fn, math, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipelines import canonical_split, ops
-from pipelines.records import EpochPlan, cifar_split, read_manifest, shard_paths, split_count
+from pipelines import ops
+from pipelines.plan import EpochPlan
+from pipelines.readers import cifar_split, shard_paths
 from pipelines.spec import DataConfig, dataset_stats
+from records import format as fmt
 
 SHUFFLE_BUFFER = 4096  # samples in the webdataset reader's shuffle buffer (encoded JPEGs)
 
@@ -36,16 +40,6 @@ def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: i
     if data_cfg.dataset == "imagenet":
         return ImageNetLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
     return CifarLoader(data_cfg, split, device, rank, world_size, seed)
-
-
-def _dali():
-    try:
-        import nvidia.dali
-        import nvidia.dali.plugin.pytorch  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"data.backend='dali' needs nvidia-dali ({error}); run `make install`") \
-            from error
-    return nvidia.dali
 
 
 def device_id(device: torch.device) -> int | None:
@@ -59,7 +53,6 @@ def _normalize_args(cfg: DataConfig, shift=None):
     """crop_mirror_normalize's (mean, std) on the 0-255 scale, the lighting shift (0-1 scale)
     added by lowering the mean. With aug.mean_image, DALI only adds the shift and
     ops.Normalize subtracts the per-pixel mean afterwards."""
-    from nvidia.dali import types
 
     if cfg.aug.mean_image:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -72,7 +65,6 @@ def _normalize_args(cfg: DataConfig, shift=None):
 
 def lighting_shift(aug):
     """Per-sample (3,) RGB shift on the 0-1 scale: eigvec @ (alpha * eigval), alpha ~ N(0, std)."""
-    from nvidia.dali import fn, types
 
     alpha = fn.random.normal(shape=[3], stddev=aug.lighting_std)
     weighted = types.Constant(np.float32(aug.eigvec)) * (alpha * types.Constant(
@@ -84,7 +76,6 @@ def resize_shorter(images, jpegs, size):
     """fn.resize to shorter side `size` (int or DataNode) with torchvision's rule for the longer
     side (floor; DALI's resize_shorter rounds, which shifts content by up to half a pixel).
     Returns (images, height, width), the sizes as FLOAT64 DataNodes."""
-    from nvidia.dali import fn, math, types
 
     shape = fn.cast(fn.peek_image_shape(jpegs), dtype=types.FLOAT64)
     height, width = shape[0], shape[1]
@@ -102,7 +93,6 @@ def eval_crops(height, width, crop: int, ten: bool):
     """[(top, left, mirror)] of torchvision's center crop (offsets rounded half to even, as
     Python's round) or of its ten_crop: 4 corners + center, then the same five of the mirror
     image (its top-left is the mirrored top-right, and so on)."""
-    from nvidia.dali import math
 
     def half_to_even(free):
         half = math.floor(free / 2)
@@ -120,7 +110,6 @@ def eval_crops(height, width, crop: int, ten: bool):
 def crop_position(offset, free):
     """crop_mirror_normalize's relative position for a whole-pixel offset (DALI rounds
     position * free to the nearest pixel, so the offset comes back exactly)."""
-    from nvidia.dali import fn, math, types
 
     if isinstance(offset, float) and offset == 0.0:
         return 0.0
@@ -131,7 +120,6 @@ class _Loader:
     """A fresh DALI pipeline per pass; DALI's outputs turned into the contract's batches."""
 
     def __init__(self, cfg: DataConfig, device: torch.device, rank: int, seed: int):
-        _dali()
         self.cfg, self.aug, self.device, self.rank, self.seed = cfg, cfg.aug, device, rank, seed
         self.device_id = device_id(device)
         self.threads = max(1, cfg.num_workers)
@@ -142,7 +130,6 @@ class _Loader:
         return ops.mix_seed(self.seed, epoch, self.rank) % (2 ** 31)
 
     def _iterator(self, pipe, outputs: list[str], reader: bool, train: bool):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
         extra = {"reader_name": "Reader"} if reader else {}
@@ -162,15 +149,15 @@ class ImageNetLoader(_Loader):
     def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
                  world_size: int, seed: int, eval_mode: str, scale: int | None):
         super().__init__(cfg, device, rank, seed)
-        self.split = canonical_split(cfg.dataset, split)
+        self.split = split
         self.train, self.eval_mode, self.scale = self.split == "train", eval_mode, scale
         self.world_size, self.epoch, self.start = world_size, 0, 0
-        self.shards = [str(p) for p in shard_paths(cfg.root, self.split)]
-        self.indexes = [p[:-len(".tar")] + ".idx" for p in self.shards]
+        self.shards = [str(p) for p in shard_paths(cfg, split)]
+        self.indexes = [fmt.index_rel(p) for p in self.shards]
         for index in self.indexes:
             with open(index, "rb"):  # a clear error now rather than inside DALI later
                 pass
-        count = split_count(read_manifest(cfg.root, cfg.dataset), self.split, cfg.root)
+        count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), split)
         self.batch = cfg.batch_size if self.train else cfg.eval_batch_size
         if eval_mode == "multiscale":
             self.batch = 1  # whole images of varying aspect ratio
@@ -195,7 +182,6 @@ class ImageNetLoader(_Loader):
         self.epoch, self.start = int(epoch), int(start)
 
     def _pipeline(self):
-        from nvidia.dali import fn, pipeline_def, types
 
         aug, train, gpu = self.aug, self.train, self.device_id is not None
         shard = (self.rank + self.epoch) % self.world_size if train else self.rank
@@ -268,7 +254,8 @@ class ImageNetLoader(_Loader):
         bad = ~((digit | blank).all(1) & digit.any(1))
         if bool(bad.any()):
             row = codes[int(bad.nonzero()[0, 0])]
-            raise ValueError(f"{self.cfg.root}/dali/{self.split}: a .cls member is not a class "
+            raise ValueError(f"{self.cfg.root}/{fmt.shard_folder_rel(self.split)}: a .cls "
+                             f"member is not a class "
                              f"index: {bytes(row[row > 0].tolist())!r}")
         value = torch.zeros(len(codes), dtype=torch.int64)
         for column in codes.T:
@@ -293,7 +280,6 @@ class CifarLoader(_Loader):
         self.plan.set_epoch(epoch, start)
 
     def _pipeline(self, source):
-        from nvidia.dali import fn, pipeline_def, types
 
         aug, gpu = self.aug, self.device_id is not None
 

@@ -1,14 +1,15 @@
-"""CIFAR tarball -> FFCV raw .beton (lossless) + .npy arrays, one atomic output at a time."""
+"""CIFAR tarball -> "arrays" (.npy) + "ffcv" (raw, lossless .beton), one atomic output at a time."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
+from records import format as fmt
+
 from ..datasets.cifar import read_cifar
-from . import manifest
+from .arrays import write_npy
 from .atomic import OutputDir, fingerprint, sha256_file
-from .dali import write_npy
 from .ffcv import import_ffcv, write_beton
 
 
@@ -47,10 +48,9 @@ def convert_cifar(dataset, tar_path, root, *, formats, workers, allow_subset, so
         splits = {}
         for split in ("train", "test"):
             images, labels = data.images[split], data.labels[split]
-            rels = [f"dali/{split}_images.npy", f"dali/{split}_labels.npy", f"ffcv/{split}.beton"]
-            for rel in rels:
-                fmt = rel.split("/")[0]
-                if fmt not in formats:
+            for rel in (*fmt.array_rels(split), fmt.beton_rel(split)):
+                name = fmt.format_of(rel)
+                if name not in formats:
                     continue
                 done = out.done(rel)
                 if done:
@@ -58,15 +58,16 @@ def convert_cifar(dataset, tar_path, root, *, formats, workers, allow_subset, so
                     continue
                 t0 = time.perf_counter()
                 files[rel] = _write(out, rel, images, labels, workers)
-                report[fmt]["seconds"] += time.perf_counter() - t0
-                report[fmt]["images"] += 0 if rel.endswith("_labels.npy") else len(labels)
+                report[name]["seconds"] += time.perf_counter() - t0
+                report[name]["images"] += 0 if rel.endswith("_labels.npy") else len(labels)
             splits[split] = {"count": len(labels), "per_class": np.bincount(
                 labels, minlength=len(data.classes)).tolist()}
-        out.remove_stale(set(files), under=("ffcv", "dali"))
-        return manifest.build(
-            out, dataset=dataset, source={**source_info, "sha256": tar_sha},
-            settings={**settings, "formats": list(formats)}, classes=data.classes,
-            splits=splits, files=files, skipped=[],
-        ), report
+        out.remove_stale(set(files), under=fmt.FORMATS[dataset])
+        manifest = fmt.make_manifest(
+            dataset=dataset, formats=formats, source={**source_info, "sha256": tar_sha},
+            settings=settings, classes=data.classes, splits=splits, files=files,
+            fingerprint=out.fingerprint)
+        out.write_manifest(manifest)
+        return manifest, report
     finally:
         out.close()

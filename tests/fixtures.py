@@ -1,4 +1,22 @@
-"""Small ImageNet-format and CIFAR-format fixtures for tests (importable by any test module).
+"""Test helpers shared by the test modules (pytest fixtures live in conftest.py).
+
+- Pixels: back from normalized batches to stored pixels.
+- Records written through records/format.py (the converters' own writers): tiny CIFAR arrays,
+  tiny ImageNet shards; the training tests' run arguments.
+- The pattern fixture: an ImageNet-format set whose pixels say where they came from.
+- ImageNet and CIFAR *source* fixtures (official layouts) and readers of converted records.
+
+## The pattern fixture
+ImageNet-format fixture whose pixels say where they came from.
+
+Pattern images: R = linear ramp in x (0 at the left edge, 255 at the right), G = ramp in y,
+B = 128, so the scale, crop offset and flip of any crop can be read back from its ramps
+(`recover_geometry`). Uniform images (one colour each) show PCA lighting as a pure per-image
+shift. A few real photos (scikit-image's) give texture for decoder/resizer comparisons.
+Every train image has its own class, so a sample is identified by its label.
+
+## Source fixtures
+Small ImageNet-format and CIFAR-format fixtures for tests (importable by any test module).
 
 ImageNet fixtures are built from real photos (scikit-image's bundled samples, randomly cropped and
 rescaled so the shorter side is 300-700 px, saved as JPEG quality 90) with generated WNID class
@@ -31,31 +49,312 @@ Readers for checking converted records with the libraries' own code:
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import pickle
 import tarfile
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina", "colorwheel")
-TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
-DEVKIT, DEVKIT_DIR = "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12"
+from pipelines import DataConfig
+from pipelines.ops import unnormalize
+from records import format as fmt
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
+    """A scikit-image sample image as it comes (2-D for grayscale ones)."""
     import skimage.data
 
     return getattr(skimage.data, name)()
 
 
+# ----------------------------------------------------------------------------- pixels
+CIFAR10_TEST_MEAN = np.array([0.4942, 0.4851, 0.4504])
+
+
+def as_uint8_hwc(images: torch.Tensor, cfg: DataConfig) -> np.ndarray:
+    """Un-normalize back to the stored uint8 pixels (exact for un-augmented CIFAR)."""
+    pixels = (unnormalize(images, cfg) * 255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def digests(images: np.ndarray) -> list[str]:
+    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest() for image in images]
+
+
+# ----------------------------------------------------------------------------- tiny records
+def write_cifar_records(folder: Path, arrays: dict, dataset: str = "cifar10") -> Path:
+    """folder/<dataset> in the "arrays" format from {split: (uint8 NHWC images, labels)} of
+    the stored splits (train, test), with a manifest made by records.format."""
+    from tools.writers.atomic import sha256_file
+
+    root = Path(folder) / dataset
+    n_classes = 100 if dataset == "cifar100" else 10
+    splits, files = {}, {}
+    for split, (images, labels) in arrays.items():
+        labels = np.asarray(labels, dtype=np.int64)
+        for rel, array in zip(fmt.array_rels(split), (images, labels)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(root / rel, array)
+            files[rel] = sha256_file(root / rel)
+        splits[split] = {"count": len(labels),
+                         "per_class": np.bincount(labels, minlength=n_classes).tolist()}
+    fmt.write_manifest(root, fmt.make_manifest(
+        dataset=dataset, formats=["arrays"], source="test fixture", settings={},
+        classes=[f"class{i}" for i in range(n_classes)], splits=splits, files=files))
+    return root
+
+
+def write_tiny_cifar(folder: Path, n_train: int = 480, n_test: int = 120, seed: int = 0) -> Path:
+    """CIFAR-10 records whose classes are colours plus noise, so a few iterations already
+    learn something."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 216, size=(10, 3))
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.permutation(np.arange(n) % 10)
+        images = colours[labels][:, None, None, :] + rng.normal(0, 25, size=(n, 32, 32, 3))
+        arrays[split] = images.clip(0, 255).astype(np.uint8), labels
+    return write_cifar_records(folder, arrays)
+
+
+def write_imagenet_records(folder: Path, splits: dict, shard_size: int = 1000,
+                           n_classes: int = 1000) -> Path:
+    """folder/imagenet in the "webdataset" format from {split: [(key, JPEG bytes, label)]} for
+    train and val, through the converter's ShardWriter, with a manifest."""
+    from tools.writers.atomic import OutputDir
+    from tools.writers.webdataset import ShardWriter
+
+    root = Path(folder) / "imagenet"
+    out = OutputDir(root, fingerprint="test fixture")
+    files, info = {}, {}
+    try:
+        for split, samples in splits.items():
+            for number, start in enumerate(range(0, len(samples), shard_size)):
+                shard = ShardWriter(out, fmt.shard_rel(split, number))
+                for key, jpeg, label in samples[start:start + shard_size]:
+                    shard.add(key, jpeg, label)
+                files.update(shard.commit())
+            counts = np.bincount([label for _, _, label in samples], minlength=n_classes)
+            info[split] = {"count": len(samples), "per_class": counts.tolist()}
+        out.write_manifest(fmt.make_manifest(
+            dataset="imagenet", formats=["webdataset"], source="test fixture", settings={},
+            classes=[wnid(i) for i in range(n_classes)], splits=info, files=files))
+    finally:
+        out.close()
+    return root
+
+
+def write_tiny_imagenet(folder: Path, n: int = 3) -> Path:
+    """ImageNet records with a few random JPEGs per split in one shard each."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split in ("train", "val"):
+        samples = []
+        for i in range(n):
+            h, w = [(256, 320), (300, 256), (280, 280)][i % 3]
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                buffer, format="JPEG")
+            samples.append((f"{split}_{i:04d}", buffer.getvalue(), i % 1000))
+        splits[split] = samples
+    return write_imagenet_records(folder, splits)
+
+
+def tiny_args(records: Path, out: Path, name: str, *extra: str) -> list[str]:
+    """quickstart.yaml on write_tiny_cifar's records: 480 - 64 val = 416 train images, batch
+    32 -> 13 iterations per epoch, 2 epochs at a constant lr."""
+    return ["configs/quickstart.yaml", f"data.root={records}", "data.val_size=64",
+            "data.batch_size=32", "data.eval_batch_size=64", "schedule.unit=epoch",
+            "schedule.total=2", "schedule.milestones=[]", f"run.out_dir={out}",
+            f"run.name={name}", "run.threads=1", "run.log_every=4", "run.ckpt_every=5",
+            "run.device=cpu", *extra]
+
+
+def subprocess_env() -> dict:
+    """The environment for a child `python train/run.py` (or torchrun): no inherited DDP
+    variables, one thread, the repository on the import path."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
+# ----------------------------------------------------------------------------- pattern fixture
+# (height, width): a mix of landscape, portrait and square, all with shorter side >= 256 after
+# the train rescale (which always rescales, up or down).
+# Small sources keep the many-draw statistics cheap (decoding is most of the cost).
+TRAIN_PATTERN_SIZES = [(256, 320), (320, 256), (300, 220), (256, 256), (200, 300), (240, 320),
+                       (320, 240), (288, 288), (250, 333), (200, 300), (330, 240), (220, 220),
+                       (270, 360), (360, 270), (300, 300), (256, 400)]
+TRAIN_UNIFORM_COLOURS = [(128, 128, 128), (200, 60, 40), (40, 160, 220), (90, 200, 90),
+                         (230, 230, 200), (30, 30, 60), (180, 120, 200), (100, 80, 30)]
+UNIFORM_SIZE = (64, 80)
+VAL_PATTERN_SIZES = [(320, 400), (400, 320), (375, 500), (500, 375), (256, 300), (300, 256)]
+PATTERN_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
+PATTERN_QUALITY = 98
+
+
+@dataclass(frozen=True)
+class Item:
+    label: int
+    kind: str  # "pattern" | "uniform" | "photo"
+    size: tuple[int, int]  # (height, width)
+    colour: tuple[int, int, int] | None = None
+    photo: str | None = None
+
+
+def wnid(label: int) -> str:
+    return f"n{label:08d}"
+
+
+def train_items() -> list[Item]:
+    items = [Item(i, "pattern", size) for i, size in enumerate(TRAIN_PATTERN_SIZES)]
+    base = len(items)
+    items += [Item(base + i, "uniform", UNIFORM_SIZE, colour)
+              for i, colour in enumerate(TRAIN_UNIFORM_COLOURS)]
+    return items
+
+
+def val_items() -> list[Item]:
+    items = [Item(i, "pattern", size) for i, size in enumerate(VAL_PATTERN_SIZES)]
+    base = len(items)
+    for i, name in enumerate(PATTERN_PHOTOS):
+        items.append(Item(base + i, "photo", photo_array(name).shape[:2], photo=name))
+    return items
+
+
+def ramp_image(height: int, width: int) -> np.ndarray:
+    x = np.round(np.linspace(0, 255, width))[None, :].repeat(height, 0)
+    y = np.round(np.linspace(0, 255, height))[:, None].repeat(width, 1)
+    return np.stack([x, y, np.full_like(x, 128)], axis=2).astype(np.uint8)
+
+
+def photo_array(name: str) -> np.ndarray:
+    """A scikit-image sample photo as RGB uint8."""
+    image = _photo(name)
+    return image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, 2)
+
+
+def item_array(item: Item) -> np.ndarray:
+    if item.kind == "pattern":
+        return ramp_image(*item.size)
+    if item.kind == "uniform":
+        return np.broadcast_to(np.array(item.colour, np.uint8), (*item.size, 3)).copy()
+    return photo_array(item.photo)
+
+
+def jpeg_bytes(array: np.ndarray, quality: int = PATTERN_QUALITY) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=quality, subsampling=0)
+    return buffer.getvalue()
+
+
+def write_folder(root: Path, splits: dict[str, list[tuple[int, str, np.ndarray]]],
+                 n_classes: int, quality: int = PATTERN_QUALITY) -> Path:
+    """ImageNet folder layout: root/<split>/<wnid>/<name>.JPEG; every class folder exists in
+    train so that class index = position in the sorted WNIDs."""
+    for label in range(n_classes):
+        (root / "train" / wnid(label)).mkdir(parents=True, exist_ok=True)
+    for split, images in splits.items():
+        for label, name, array in images:
+            folder = root / split / wnid(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.JPEG").write_bytes(jpeg_bytes(array, quality))
+    return root
+
+
+def write_pattern_folder(root: Path) -> Path:
+    splits = {
+        "train": [(it.label, f"train_{it.label:03d}", item_array(it)) for it in train_items()],
+        "val": [(it.label, f"val_{it.label:03d}", item_array(it)) for it in val_items()],
+    }
+    return write_folder(root, splits, n_classes=len(train_items()))
+
+
+def write_photo_folder(root: Path, n_train: int, n_val: int, n_classes: int = 10,
+                       seed: int = 0) -> Path:
+    """Photo-like JPEGs of ImageNet-typical sizes (random crops/rescales of scikit-image's
+    photos, quality 90) for benchmarks."""
+    rng = np.random.default_rng(seed)
+    names = PATTERN_PHOTOS + ["hubble_deep_field", "retina", "immunohistochemistry"]
+    sources = [Image.fromarray(photo_array(name)) for name in names]
+    splits = {}
+    for split, count in (("train", n_train), ("val", n_val)):
+        images = []
+        for i in range(count):
+            source = sources[rng.integers(len(sources))]
+            w, h = source.size
+            cw, ch = int(w * rng.uniform(0.6, 1)), int(h * rng.uniform(0.6, 1))
+            left, top = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
+            short = int(rng.integers(300, 500))
+            scale = short / min(cw, ch)
+            crop = source.crop((left, top, left + cw, top + ch))
+            crop = crop.resize((round(cw * scale), round(ch * scale)), Image.Resampling.BILINEAR)
+            images.append((i % n_classes, f"{split}_{i:06d}", np.asarray(crop)))
+        splits[split] = images
+    return write_folder(root, splits, n_classes=n_classes, quality=90)
+
+
+def to_records(folder: Path, out: Path) -> Path:
+    """Convert an ImageNet folder into the records of every installed format."""
+    import importlib.util
+
+    from tools.convert import convert
+
+    formats = ["webdataset"] + (["ffcv"] if importlib.util.find_spec("ffcv") else [])
+    # Quality 98 for the images FFCV re-encodes, so its ramps stay as clean as the originals.
+    return Path(convert("imagenet", src=folder, out=out, formats=formats, allow_subset=True,
+                        jpeg_quality=98, quiet=True))
+
+
+# ----------------------------------------------------------------------------- read back
+def _fit(profile: np.ndarray, trim: int = 3) -> tuple[float, float]:
+    j = np.arange(len(profile))[trim:-trim]
+    slope, intercept = np.polyfit(j, profile[trim:-trim], 1)
+    return float(slope), float(intercept)
+
+
+def recover_geometry(crop: np.ndarray, size: tuple[int, int]) -> dict:
+    """From a train crop (3, c, c) on the 0-255 scale of a pattern image of `size` (h, w):
+    the shorter side it was rescaled to (from x and from y), whether it was mirrored, and the
+    crop's top/left in the rescaled image (pixels)."""
+    height, width = size
+    c = crop.shape[-1]
+    slope_x, icpt_x = _fit(crop[0].mean(axis=0))
+    slope_y, icpt_y = _fit(crop[1].mean(axis=1))
+    flipped = slope_x < 0
+    if flipped:  # the mirrored profile is R(c - 1 - j): undo it
+        slope_x, icpt_x = -slope_x, icpt_x + slope_x * (c - 1)
+    fx = 255.0 / ((width - 1) * slope_x)
+    fy = 255.0 / ((height - 1) * slope_y)
+    # value(j) = 255/(W-1) * ((left + j + 0.5) / f - 0.5)  =>  left = (v0 (W-1)/255 + 0.5) f - 0.5
+    left = (icpt_x * (width - 1) / 255 + 0.5) * fx - 0.5
+    top = (icpt_y * (height - 1) / 255 + 0.5) * fy - 0.5
+    short = min(height, width)
+    return {"scale_x": fx * short, "scale_y": fy * short, "flipped": bool(flipped),
+            "left": left, "top": top, "resized": (height * fy, width * fx)}
+
+
+# ----------------------------------------------------------------------------- source fixtures
+FIXTURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+          "immunohistochemistry", "retina", "colorwheel")
+TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
+DEVKIT, DEVKIT_DIR = "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12"
+
+
 def _random_view(rng: np.random.Generator, gray: bool = False) -> Image.Image:
-    src = _photo("camera") if gray else _photo(PHOTOS[rng.integers(len(PHOTOS))])
+    src = _photo("camera") if gray else _photo(FIXTURE_PHOTOS[rng.integers(len(FIXTURE_PHOTOS))])
     h, w = src.shape[:2]
     ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
@@ -297,7 +596,7 @@ def read_webdataset(folder, batch_size: int = 8) -> list[tuple[str, np.ndarray, 
     from nvidia.dali import fn, pipeline_def, types
 
     tars = sorted(str(p) for p in Path(folder).glob("shard-*.tar"))
-    idx = [t[: -len(".tar")] + ".idx" for t in tars]
+    idx = [fmt.index_rel(t) for t in tars]
 
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None)
     def pipe():

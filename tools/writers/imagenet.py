@@ -1,7 +1,7 @@
-"""ImageNet source -> FFCV .beton (JPEG) + webdataset shards, resumable shard by shard.
+"""ImageNet source -> "webdataset" shards + "ffcv" .beton (JPEG), resumable shard by shard.
 
 Pass 1 (all formats): a process pool decodes every image (RGB, shorter side capped), which finds
-the undecodable ones before any FFCV writer starts; with "dali" it also writes the shards.
+the undecodable ones before any FFCV writer starts; with "webdataset" it also writes the shards.
 Each chunk of `shard_size` source images maps to one shard and one progress note (kept count,
 per-class counts, skipped), so a rerun skips finished chunks. Pass 2 ("ffcv") re-decodes the
 kept originals with the same function and lets FFCV JPEG-encode them once.
@@ -17,12 +17,13 @@ from multiprocessing import Pool
 import numpy as np
 from tqdm import tqdm
 
-from ..datasets.images import BadImage, encode_jpeg, prepare
+from records import format as fmt
+
 from ..datasets.imagenet import Item, load_source, read_item
-from . import manifest
+from ..datasets.images import BadImage, encode_jpeg, prepare
 from .atomic import OutputDir, fingerprint
-from .dali import ShardWriter
 from .ffcv import import_ffcv, page_size_for, write_beton
+from .webdataset import ShardWriter
 
 MAX_SHARD = 1000  # ~110 MB of ImageNet JPEGs: long sequential reads
 MIN_SHARDS = 8  # so that small sets still split across readers/ranks
@@ -87,22 +88,22 @@ class Job:
     def split(self, split: str, items: list[Item], max_side: int, shard_size: int | None):
         size = shard_size or auto_shard_size(len(items))
         chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
-        dali = "dali" in self.formats
+        shards = "webdataset" in self.formats
         notes, todo = {}, []
         for k, chunk in enumerate(chunks):
             note = self.out.note(f"scan/{split}/{k:06d}")
-            if self._reusable(note, dali):
+            if self._reusable(note, shards):
                 notes[k] = note
             else:
                 todo.append((k, chunk))
         result = SplitResult(per_class=np.zeros(self.n_classes, dtype=np.int64), shard_size=size)
-        tasks = [(items[i], max_side, self.quality, dali) for _, chunk in todo for i in chunk]
+        tasks = [(items[i], max_side, self.quality, shards) for _, chunk in todo for i in chunk]
         if tasks:
             with Pool(self.workers) as pool:
                 results = pool.imap(_scan, tasks, chunksize=4)
                 bar = tqdm(total=len(tasks), desc=f"{split} decode", unit="img", disable=None)
                 for k, chunk in todo:
-                    notes[k] = self._chunk(split, k, chunk, items, results, dali)
+                    notes[k] = self._chunk(split, k, chunk, items, results, shards)
                     result.written += notes[k]["count"]
                     bar.update(len(chunk))
                 bar.close()
@@ -113,24 +114,25 @@ class Job:
             result.skipped += [{"file": s["file"], "reason": s["reason"]} for s in note["skipped"]]
             result.per_class += np.asarray(note["per_class"], dtype=np.int64)
             result.max_raw = max(result.max_raw, note["max_raw"])
-            if dali:
+            if shards:
                 result.files.update(note["files"])
         if self.strict and result.skipped:
             first = result.skipped[0]
             raise ValueError(f"{first['file']}: {first['reason']} (--strict)")
         for entry in result.skipped:
-            warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning)
+            warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning,
+                          stacklevel=2)
         return result
 
-    def _reusable(self, note: dict | None, dali: bool) -> bool:
-        if note is None or not dali:
+    def _reusable(self, note: dict | None, shards: bool) -> bool:
+        if note is None or not shards:
             return note is not None
-        # A dali run needs the chunk's shard: missing if an ffcv-only run did the scan.
+        # A webdataset run needs the chunk's shard: missing if an ffcv-only run did the scan.
         has_shard = bool(note["files"]) or note["count"] == 0
         return has_shard and all(self.out.done(rel) for rel in note["files"])
 
-    def _chunk(self, split: str, k: int, chunk: range, items: list[Item], results, dali: bool):
-        shard = ShardWriter(self.out, f"dali/{split}/shard-{k:06d}.tar") if dali else None
+    def _chunk(self, split: str, k: int, chunk: range, items: list[Item], results, shards: bool):
+        shard = ShardWriter(self.out, fmt.shard_rel(split, k)) if shards else None
         skipped, per_class, max_raw = [], [0] * self.n_classes, 0
         for i in chunk:
             status, payload, raw = next(results)
@@ -160,7 +162,8 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
         first = source.skipped[0]
         raise ValueError(f"{first['file']}: {first['reason']} (--strict)")
     for entry in source.skipped:
-        warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning)
+        warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning,
+                      stacklevel=2)
     max_side = {"train": train_max_side, "val": val_max_side}
     settings = {"jpeg_quality": jpeg_quality, "max_shorter_side": max_side,
                 "shard_size": shard_size, "shuffle_seed": shuffle_seed,
@@ -174,8 +177,8 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
         order = np.random.default_rng(shuffle_seed).permutation(len(source.splits["train"]))
         splits = {"train": [source.splits["train"][i] for i in order],
                   "val": source.splits["val"]}
-        report = {f: {"images": 0, "seconds": 0.0} for f in ("dali", "ffcv", "decode")}
-        stage = "dali" if "dali" in formats else "decode"
+        report = {f: {"images": 0, "seconds": 0.0} for f in ("webdataset", "ffcv", "decode")}
+        stage = "webdataset" if "webdataset" in formats else "decode"
         results = {}
         for split, items in splits.items():
             t0 = time.perf_counter()
@@ -184,7 +187,7 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
             report[stage]["images"] += results[split].written
         files = {rel: sha for r in results.values() for rel, sha in r.files.items()}
         for split, r in results.items():
-            rel = f"ffcv/{split}.beton"
+            rel = fmt.beton_rel(split)
             if "ffcv" not in formats:
                 continue
             done = out.done(rel)
@@ -196,17 +199,18 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
                                      jpeg_quality=jpeg_quality, page_size=page_size_for(r.max_raw))
             report["ffcv"]["seconds"] += time.perf_counter() - t0
             report["ffcv"]["images"] += len(r.kept)
-        out.remove_stale(set(files), under=("ffcv", "dali"))
+        out.remove_stale(set(files), under=fmt.FORMATS["imagenet"])
         splits_info = {split: {"count": len(r.kept), "per_class": r.per_class.tolist(),
                                "shard_size": r.shard_size,
                                "shards": sum(rel.endswith(".tar") for rel in r.files)}
                        for split, r in results.items()}
         extra = {"class_names": source.class_names} if source.class_names else {}
-        return manifest.build(
-            out, dataset="imagenet", source={"path": str(src), **source.identity},
-            settings={**settings, "formats": list(formats)}, classes=source.classes,
-            splits=splits_info, files=files,
-            skipped=source.skipped + [s for r in results.values() for s in r.skipped], **extra,
-        ), report
+        manifest = fmt.make_manifest(
+            dataset="imagenet", formats=formats, source={"path": str(src), **source.identity},
+            settings=settings, classes=source.classes, splits=splits_info, files=files,
+            skipped=source.skipped + [s for r in results.values() for s in r.skipped],
+            fingerprint=out.fingerprint, **extra)
+        out.write_manifest(manifest)
+        return manifest, report
     finally:
         out.close()

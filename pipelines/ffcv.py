@@ -14,7 +14,7 @@ of pipelines/ops.py do the rest where the images are, so all backends share one 
   batch (aspect ratios vary).
 - CIFAR: raw pixels (SimpleRGBImageDecoder), then ops.pad_random_crop with the flip folded in.
 
-Order and sharding come from records.EpochPlan (deterministic in (seed, epoch), disjoint equal
+Order and sharding come from plan.EpochPlan (deterministic in (seed, epoch), disjoint equal
 train shards): each pass hands the Loader that epoch's sample ids as its SEQUENTIAL `indices`.
 Flip and lighting draw from ops.batch_generators; the train crop reseeds numba's generator per
 sample from (seed, epoch, sample id). So a pass is a function of (seed, epoch, rank, start).
@@ -22,17 +22,46 @@ sample from (seed, epoch, sample id). So a pass is a function of (seed, epoch, r
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines import canonical_split, ops
-from pipelines.records import (EpochPlan, cifar_source_split, cifar_split_indices,
-                               read_manifest, split_count)
-from pipelines.spec import DataConfig
+_threads = torch.get_num_threads()
+import ffcv  # noqa: E402,F401  (importing ffcv sets torch to 1 thread: restored below)
+from ffcv.fields.basics import IntDecoder  # noqa: E402
+from ffcv.fields.rgb_image import (  # noqa: E402
+    IMAGE_MODES,
+    ResizedCropRGBImageDecoder,
+    SimpleRGBImageDecoder,
+)
+from ffcv.libffcv import imdecode, memcpy, resize_crop  # noqa: E402
+from ffcv.loader import Loader, OrderOption  # noqa: E402
+from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
+from ffcv.pipeline.compiler import Compiler  # noqa: E402
+from ffcv.reader import Reader  # noqa: E402
+from ffcv.transforms import ToDevice, ToTensor, ToTorchImage  # noqa: E402
 
+from pipelines import ops  # noqa: E402
+from pipelines.plan import EpochPlan  # noqa: E402
+from pipelines.readers import cifar_source_split, cifar_split_indices, missing  # noqa: E402
+from pipelines.spec import DataConfig  # noqa: E402
+from records import format as fmt  # noqa: E402
+
+torch.set_num_threads(_threads)
+
+# This module reaches into FFCV internals (decoder code generation, Loader.traversal_order):
+# written against this version, refused with any other rather than misbehaving.
+FFCV_VERSION = "1.0.2"
+_found = importlib.metadata.version("ffcv")  # ffcv.__version__ says 0.0.3rc1 in 1.0.2
+if _found != FFCV_VERSION:
+    raise ImportError(f"pipelines/ffcv.py was written against ffcv {FFCV_VERSION} internals "
+                      f"(decoder generate_code, Loader.traversal_order.indices); found ffcv "
+                      f"{_found}: install ffcv=={FFCV_VERSION} (make install)")
+
+JPG = IMAGE_MODES["jpg"]
 DECODE_BUDGET = 256 << 20  # bytes of eval decode buffers per batch (whole images of any size)
 
 
@@ -40,18 +69,6 @@ def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: i
           seed: int = 0, eval_mode: str = "center", scale: int | None = None):
     return FFCVLoader(data_cfg, split, torch.device(device), rank, world_size, seed, eval_mode,
                       scale)
-
-
-def _ffcv():
-    """Import ffcv lazily (the import sets torch's threads to 1: callers restore them)."""
-    try:
-        import ffcv.fields.rgb_image  # noqa: F401
-        import ffcv.loader  # noqa: F401
-        import ffcv.transforms  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"data.backend='ffcv' needs ffcv ({error}); run `make install`") \
-            from error
-    _define_decoders()
 
 
 # ----------------------------------------------------------------------------- decoders
@@ -79,123 +96,105 @@ def read_u64(address):
     return out[0]
 
 
-ScaleCropDecoder = WholeImageDecoder = None  # classes made by _define_decoders()
+class ScaleCropDecoder(ResizedCropRGBImageDecoder):
+    """Train: shorter side S ~ U{scale_min..scale_max}, random crop x crop. FFCV's own
+    decoders draw from numba's unseeded per-thread generators; this one reseeds them per
+    sample from (epoch_seed, sample id), so crops do not depend on threads or resume."""
+
+    def __init__(self, crop: int, scale_min: int, scale_max: int):
+        super().__init__((crop, crop))
+        self.scale, self.ratio = (scale_min, scale_max), float(crop)
+        self.epoch_seed = np.zeros(1, dtype=np.uint64)  # set before every pass
+
+    @property
+    def get_crop_generator(self):
+        return scale_crop_box
+
+    def generate_code(self):
+        mem_read, my_range = self.memory_read, Compiler.get_iterator()
+        imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+        crop_box_c, read_c = Compiler.compile(scale_crop_box), Compiler.compile(read_u64)
+        scale, crop = np.array(self.scale), self.ratio
+        seed_address = self.epoch_seed.ctypes.data
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            epoch_seed = read_c(seed_address)
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                np.random.seed(np.uint32((epoch_seed + np.uint64(source_ix)
+                                          * np.uint64(2654435761)) % np.uint64(1 << 32)))
+                field = metadata[source_ix]
+                data = mem_read(field["data_ptr"], storage_state)
+                height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                if field["mode"] == JPG:
+                    image = temp_storage[dst_ix]
+                    imdecode_c(data, image, height, width, height, width, 0, 0, 1, 1,
+                               False, False)
+                    image = image[:3 * height * width].reshape(height, width, 3)
+                else:
+                    image = data.reshape(height, width, 3)
+                top, left, h, w = crop_box_c(height, width, scale, crop)
+                resize_crop_c(image, top, top + h, left, left + w, destination[dst_ix])
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
 
 
-def _define_decoders() -> None:
-    """The decoder classes subclass FFCV's, so they exist once ffcv is imported."""
-    global ScaleCropDecoder, WholeImageDecoder
-    if ScaleCropDecoder is not None:
-        return
-    from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
-                                       SimpleRGBImageDecoder)
-    from ffcv.libffcv import imdecode, memcpy, resize_crop
-    from ffcv.pipeline.allocation_query import AllocationQuery
-    from ffcv.pipeline.compiler import Compiler
+class WholeImageDecoder(SimpleRGBImageDecoder):
+    """Eval: each image decoded whole into the front of a flat uint8 buffer as big as the
+    largest image (FFCV batches have one shape); the loader views it by the metadata."""
 
-    jpg = IMAGE_MODES["jpg"]
+    def declare_state_and_memory(self, previous_state):
+        size = 3 * int(self.metadata["height"].max()) * int(self.metadata["width"].max())
+        dtype = np.dtype("<u1")
+        return (replace(previous_state, jit_mode=True, shape=(size,), dtype=dtype),
+                AllocationQuery((size,), dtype))
 
-    class _ScaleCropDecoder(ResizedCropRGBImageDecoder):
-        """Train: shorter side S ~ U{scale_min..scale_max}, random crop x crop. FFCV's own
-        decoders draw from numba's unseeded per-thread generators; this one reseeds them per
-        sample from (epoch_seed, sample id), so crops do not depend on threads or resume."""
+    def generate_code(self):
+        mem_read, my_range = self.memory_read, Compiler.get_iterator()
+        imdecode_c, memcpy_c = Compiler.compile(imdecode), Compiler.compile(memcpy)
 
-        def __init__(self, crop: int, scale_min: int, scale_max: int):
-            super().__init__((crop, crop))
-            self.scale, self.ratio = (scale_min, scale_max), float(crop)
-            self.epoch_seed = np.zeros(1, dtype=np.uint64)  # set before every pass
+        def decode(batch_indices, destination, metadata, storage_state):
+            for dst_ix in my_range(len(batch_indices)):
+                field = metadata[batch_indices[dst_ix]]
+                data = mem_read(field["data_ptr"], storage_state)
+                height, width = field["height"], field["width"]
+                if field["mode"] == JPG:
+                    imdecode_c(data, destination[dst_ix], height, width, height, width,
+                               0, 0, 1, 1, False, False)
+                else:
+                    memcpy_c(data, destination[dst_ix][:data.size])
+            return destination[:len(batch_indices)]
 
-        @property
-        def get_crop_generator(self):
-            return scale_crop_box
-
-        def generate_code(self):
-            mem_read, my_range = self.memory_read, Compiler.get_iterator()
-            imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
-            crop_box_c, read_c = Compiler.compile(scale_crop_box), Compiler.compile(read_u64)
-            scale, crop = np.array(self.scale), self.ratio
-            seed_address = self.epoch_seed.ctypes.data
-
-            def decode(batch_indices, my_storage, metadata, storage_state):
-                destination, temp_storage = my_storage
-                epoch_seed = read_c(seed_address)
-                for dst_ix in my_range(len(batch_indices)):
-                    source_ix = batch_indices[dst_ix]
-                    np.random.seed(np.uint32((epoch_seed + np.uint64(source_ix)
-                                              * np.uint64(2654435761)) % np.uint64(1 << 32)))
-                    field = metadata[source_ix]
-                    data = mem_read(field["data_ptr"], storage_state)
-                    height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                    if field["mode"] == jpg:
-                        image = temp_storage[dst_ix]
-                        imdecode_c(data, image, height, width, height, width, 0, 0, 1, 1,
-                                   False, False)
-                        image = image[:3 * height * width].reshape(height, width, 3)
-                    else:
-                        image = data.reshape(height, width, 3)
-                    top, left, h, w = crop_box_c(height, width, scale, crop)
-                    resize_crop_c(image, top, top + h, left, left + w, destination[dst_ix])
-                return destination[:len(batch_indices)]
-
-            decode.is_parallel = True
-            return decode
-
-    class _WholeImageDecoder(SimpleRGBImageDecoder):
-        """Eval: each image decoded whole into the front of a flat uint8 buffer as big as the
-        largest image (FFCV batches have one shape); the loader views it by the metadata."""
-
-        def declare_state_and_memory(self, previous_state):
-            size = 3 * int(self.metadata["height"].max()) * int(self.metadata["width"].max())
-            dtype = np.dtype("<u1")
-            return (replace(previous_state, jit_mode=True, shape=(size,), dtype=dtype),
-                    AllocationQuery((size,), dtype))
-
-        def generate_code(self):
-            mem_read, my_range = self.memory_read, Compiler.get_iterator()
-            imdecode_c, memcpy_c = Compiler.compile(imdecode), Compiler.compile(memcpy)
-
-            def decode(batch_indices, destination, metadata, storage_state):
-                for dst_ix in my_range(len(batch_indices)):
-                    field = metadata[batch_indices[dst_ix]]
-                    data = mem_read(field["data_ptr"], storage_state)
-                    height, width = field["height"], field["width"]
-                    if field["mode"] == jpg:
-                        imdecode_c(data, destination[dst_ix], height, width, height, width,
-                                   0, 0, 1, 1, False, False)
-                    else:
-                        memcpy_c(data, destination[dst_ix][:data.size])
-                return destination[:len(batch_indices)]
-
-            decode.is_parallel = True
-            return decode
-
-    ScaleCropDecoder, WholeImageDecoder = _ScaleCropDecoder, _WholeImageDecoder
+        decode.is_parallel = True
+        return decode
 
 
 # ----------------------------------------------------------------------------- loader
 def _beton(cfg: DataConfig, split: str) -> tuple[Path, int]:
     """(path, sample count) of the .beton that `split` reads, checked against the manifest."""
-    source = canonical_split(cfg.dataset, split)
-    if cfg.dataset != "imagenet":
-        source = cifar_source_split(split)
-    path = Path(cfg.root) / "ffcv" / f"{source}.beton"
+    source = split if cfg.dataset == "imagenet" else cifar_source_split(split)
+    manifest = fmt.read_manifest(cfg.root, cfg.dataset)
+    fmt.require_format(cfg.root, manifest, cfg.backend)
+    path = Path(cfg.root) / fmt.beton_rel(source)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; convert with tools/convert.py --formats ffcv")
-    return path, split_count(read_manifest(cfg.root, cfg.dataset), source, cfg.root)
+        raise missing(path, cfg)
+    return path, fmt.split_count(manifest, source)
+
+
+def set_order(loader: Loader, order: np.ndarray) -> None:
+    """The sample ids of the next pass, in order: FFCV 1.0.2's SEQUENTIAL traversal reads its
+    `indices` at every epoch, so one Loader (and its compiled pipeline) serves every pass."""
+    loader.traversal_order.indices = order
 
 
 class FFCVLoader:
     def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
                  world_size: int, seed: int, eval_mode: str, scale: int | None):
-        # FFCV sets torch's thread count on import, per Loader and per epoch: keep the caller's.
+        # FFCV sets torch's thread count per Loader and per epoch: keep the caller's.
         self.torch_threads = torch.get_num_threads()
-        _ffcv()
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-        from ffcv.loader import Loader, OrderOption
-        from ffcv.reader import Reader
-        from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
-
         self.cfg, self.aug, self.device = cfg, cfg.aug, device
         self.rank, self.seed, self.eval_mode, self.scale = rank, seed, eval_mode, scale
         self.train = split == "train"
@@ -226,7 +225,7 @@ class FFCVLoader:
                               seed, shuffle=self.train, drop_last=self.train)
 
         image_ops = [self.decoder, ToTensor()]
-        if self.decoder.__class__ is not WholeImageDecoder:  # whole images: viewed on the host
+        if not isinstance(self.decoder, WholeImageDecoder):  # whole images: viewed on the host
             if device.type == "cuda":
                 image_ops.append(ToDevice(device, non_blocking=True))
             image_ops.append(ToTorchImage(channels_last=True))
@@ -248,8 +247,8 @@ class FFCVLoader:
         if not planned:
             return
         order = self.ids[np.concatenate([positions for _, positions in planned])]
-        self.loader.traversal_order.indices = order
-        if self.decoder.__class__ is ScaleCropDecoder:
+        set_order(self.loader, order)
+        if isinstance(self.decoder, ScaleCropDecoder):
             self.decoder.epoch_seed[0] = ops.mix_seed(self.seed, self.plan.epoch) >> 32
         batches, offset = iter(self.loader), 0
         try:

@@ -2,7 +2,7 @@
 
 torch.utils.data.DataLoader workers decode with PIL and run torchvision.transforms.v2 per sample
 (the same recipe as the other backends); batches are moved to the device and laid out at the end.
-Order and sharding come from records.EpochPlan, and each sample's transform is seeded from
+Order and sharding come from plan.EpochPlan, and each sample's transform is seeded from
 (seed, epoch, position), so set_epoch is deterministic whatever the number of workers.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 
 from pipelines import ops
-from pipelines.records import EpochPlan, ShardReader, cifar_split, shard_index
+from pipelines.plan import EpochPlan
+from pipelines.readers import ShardReader, cifar_split, shard_index
 from pipelines.spec import AugSpec, DataConfig, dataset_stats
 
 
@@ -128,7 +129,7 @@ class BaselineLoader:
         self.dtype, self.channels_last = ops.DTYPES[cfg.dtype], cfg.channels_last
         train = split == "train"
         if cfg.dataset == "imagenet":
-            reader = ShardReader(shard_index(cfg.root, split))
+            reader = ShardReader(shard_index(cfg, split))
             read, n = _ImageNetRead(reader), len(reader)
         else:
             images, labels = cifar_split(cfg, split)

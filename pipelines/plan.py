@@ -1,0 +1,64 @@
+"""The per-epoch, per-rank sample plan every backend follows: `EpochPlan` turns (n, batch size,
+rank, world size, seed, epoch, start) into the batches one rank reads."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.ops import epoch_permutation
+
+
+def shard_indices(n: int, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool,
+                  drop_last: bool, batch_size: int) -> np.ndarray:
+    """Positions 0..n-1 that `rank` reads in `epoch`, in order.
+
+    shuffle/drop_last (train): one permutation of (seed, epoch) shared by all ranks, cut to a
+    multiple of world_size * batch_size, dealt round-robin, so every rank gets the same number of
+    full batches and the ranks' samples are disjoint. Otherwise (eval): contiguous, in order,
+    nothing dropped; the shares differ by at most one sample and cover 0..n-1.
+    """
+    if n < 0 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"shard_indices(n={n}, rank={rank}, world_size={world_size}, "
+                         f"batch_size={batch_size}): invalid")
+    order = epoch_permutation(n, seed, epoch).numpy() if shuffle else np.arange(n)
+    if drop_last:
+        per_rank = (n // world_size) // batch_size * batch_size
+        return order[:per_rank * world_size][rank::world_size]
+    return np.array_split(order, world_size)[rank]
+
+
+class EpochPlan:
+    """The batches of one rank: `set_epoch(epoch, start)` picks the epoch's order and the batch
+    to begin with (resume); `batches()` yields (batch number, sample positions). `start` applies
+    to the next pass only; the epoch stays until set_epoch is called again."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int,
+                 shuffle: bool, drop_last: bool):
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch, self.start = 0, 0
+        if drop_last and n // world_size < batch_size:
+            raise ValueError(f"{n} samples over {world_size} rank(s) make no full batch of "
+                             f"{batch_size}; lower data.batch_size")
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if epoch < 0 or not 0 <= start <= len(self):
+            raise ValueError(f"set_epoch(epoch={epoch}, start={start}): need epoch >= 0 and "
+                             f"0 <= start <= {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start)
+
+    def indices(self) -> np.ndarray:
+        return shard_indices(self.n, self.rank, self.world_size, self.seed, self.epoch,
+                             self.shuffle, self.drop_last, self.batch_size)
+
+    def __len__(self) -> int:
+        share = self.n // self.world_size + (self.rank < self.n % self.world_size)
+        if self.drop_last:
+            return (self.n // self.world_size) // self.batch_size
+        return -(-share // self.batch_size)
+
+    def batches(self):
+        """(batch number, positions) from `start`; resets start to 0 for the following pass."""
+        order, start, size = self.indices(), self.start, self.batch_size
+        self.start = 0
+        for number in range(start, len(self)):
+            yield number, order[number * size:(number + 1) * size]

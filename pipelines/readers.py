@@ -1,0 +1,216 @@
+"""Reading the records tools/convert.py writes (their layout is records/format.py's).
+
+Shared by every backend: the manifest checked for the backend's format, the CIFAR arrays and the
+fixed train/val hold-out, and the webdataset shard index (byte offsets of each sample's JPEG and
+label) with a thread-safe random-access reader.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.spec import DataConfig
+from records import format as fmt
+
+
+# ----------------------------------------------------------------------------- manifest
+def open_records(cfg: DataConfig, needed: str | None = None) -> dict:
+    """The manifest of cfg.root, checked to hold cfg.dataset in the format cfg.backend reads
+    (or `needed`)."""
+    manifest = fmt.read_manifest(cfg.root, cfg.dataset)
+    fmt.require_format(cfg.root, manifest, cfg.backend, needed)
+    return manifest
+
+
+def missing(path: Path, cfg: DataConfig) -> FileNotFoundError:
+    """The error for a records file the manifest promises but the folder lacks."""
+    return FileNotFoundError(
+        f"{path}: missing (data.backend={cfg.backend!r} reads the "
+        f"{fmt.backend_format(cfg.dataset, cfg.backend)!r} records); convert again: "
+        f"{fmt.make_target(cfg.dataset)}")
+
+
+# ----------------------------------------------------------------------------- CIFAR
+def cifar_source_split(split: str) -> str:
+    """The official split a CIFAR split is drawn from: train and val from train, test from test."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"CIFAR split={split!r}: expected train, val or test")
+    return "test" if split == "test" else "train"
+
+
+def cifar_split_indices(cfg: DataConfig, split: str, n_train: int | None = None) -> np.ndarray:
+    """Sorted indices into the official array of `cifar_source_split(split)`: "val" is a fixed
+    random hold-out of cfg.val_size train images (cfg.split_seed), "train" the rest."""
+    source = cifar_source_split(split)
+    count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), source)
+    if source == "test":
+        return np.arange(count, dtype=np.int64)
+    n_train = count if n_train is None else n_train
+    if not 0 <= cfg.val_size < n_train:
+        raise ValueError(f"data.val_size={cfg.val_size}: must be in [0, {n_train})")
+    order = np.random.default_rng(cfg.split_seed).permutation(n_train)
+    held_out = np.sort(order[:cfg.val_size])
+    return held_out if split == "val" else np.sort(order[cfg.val_size:])
+
+
+def load_cifar_arrays(cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Official `source` ("train"|"test") split: uint8 (N, 32, 32, 3) HWC RGB, int64 (N,)."""
+    open_records(cfg, "arrays")
+    images_path, labels_path = (Path(cfg.root) / rel for rel in fmt.array_rels(source))
+    for path in (images_path, labels_path):
+        if not path.is_file():
+            raise missing(path, cfg)
+    images, labels = np.load(images_path), np.load(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"{images_path}: expected uint8 (N, H, W, 3), got "
+                         f"{images.dtype} {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"{labels_path}: shape {labels.shape} does not match "
+                         f"{images.shape[0]} images in {images_path}")
+    return images, labels.astype(np.int64)
+
+
+def cifar_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a CIFAR split, after the train/val hold-out."""
+    images, labels = load_cifar_arrays(cfg, cifar_source_split(split))
+    index = cifar_split_indices(cfg, split, n_train=len(images))
+    return images[index], labels[index]
+
+
+# ----------------------------------------------------------------------------- webdataset
+@dataclass(frozen=True)
+class ShardIndex:
+    """Where every sample of one split lies: shard file, byte offset/size of its .jpg and .cls
+    members (in shard order, then tar order)."""
+
+    shards: tuple[str, ...]
+    shard: np.ndarray  # (N,) int32, position in `shards`
+    keys: tuple[str, ...]
+    jpg_offset: np.ndarray  # (N,) int64
+    jpg_size: np.ndarray
+    cls_offset: np.ndarray
+    cls_size: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def shard_paths(cfg: DataConfig, split: str) -> list[Path]:
+    open_records(cfg, "webdataset")
+    folder = Path(cfg.root) / fmt.shard_folder_rel(split)
+    shards = sorted(folder.glob("shard-*.tar"))
+    if not shards:
+        raise missing(folder / "shard-*.tar", cfg)
+    return shards
+
+
+def _scan_shard(path: Path):
+    """{key: {ext: (offset, size)}} in tar order: from the shard's webdataset index when there
+    is one, else from the tar headers."""
+    index = path.with_suffix(".idx")
+    if index.is_file():
+        return fmt.parse_index(index)
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, dot, ext = info.name.rpartition(".")
+            if not dot:
+                raise ValueError(f"{path}: member {info.name!r} has no extension")
+            members.setdefault(key, {})[ext] = (info.offset_data, info.size)
+    return members
+
+
+@lru_cache(maxsize=16)
+def _shard_index(shards: tuple[Path, ...], stamp: tuple) -> ShardIndex:
+    del stamp  # only part of the cache key: a rewritten shard invalidates the cache
+    shard_of, keys, columns = [], [], {name: [] for name in ("jo", "js", "co", "cs")}
+    for position, path in enumerate(shards):
+        for key, parts in _scan_shard(path).items():
+            if "jpg" not in parts or "cls" not in parts:
+                raise ValueError(f"{path}: sample {key!r} lacks a .jpg or .cls member "
+                                 f"(has {sorted(parts)})")
+            shard_of.append(position)
+            keys.append(key)
+            for name, value in zip(("jo", "js", "co", "cs"), (*parts["jpg"], *parts["cls"])):
+                columns[name].append(value)
+    as64 = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
+    return ShardIndex(tuple(str(p) for p in shards), np.asarray(shard_of, dtype=np.int32),
+                      tuple(keys), as64["jo"], as64["js"], as64["co"], as64["cs"])
+
+
+def shard_index(cfg: DataConfig, split: str) -> ShardIndex:
+    """The split's ShardIndex (cached per process), checked against the manifest count."""
+    shards = tuple(shard_paths(cfg, split))
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in shards)
+    index = _shard_index(shards, stamp)
+    expected = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), split)
+    if len(index) != expected:
+        raise fmt.RecordsError(f"{shards[0].parent}: {len(index)} samples in the shards, "
+                               f"manifest.json says {expected}; convert again: "
+                               f"{fmt.make_target(cfg.dataset)}")
+    return index
+
+
+class ShardReader:
+    """Thread-safe random access to samples: (jpeg bytes, label). Uses pread on one descriptor
+    per shard, so worker threads and forked DataLoader workers can share it."""
+
+    def __init__(self, index: ShardIndex):
+        self.index = index
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, shard: int) -> int:
+        with self._lock:
+            if shard not in self._fds:
+                self._fds[shard] = os.open(self.index.shards[shard], os.O_RDONLY)
+            return self._fds[shard]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read(self, i: int) -> tuple[bytes, int]:
+        index = self.index
+        fd = self._fd(int(index.shard[i]))
+        jo, js, co, cs = (int(index.jpg_offset[i]), int(index.jpg_size[i]),
+                          int(index.cls_offset[i]), int(index.cls_size[i]))
+        start, end = min(jo, co), max(jo + js, co + cs)
+        if end - start <= js + cs + 2048:  # neighbours in the tar: one read
+            blob = os.pread(fd, end - start, start)
+            jpg, cls = blob[jo - start:jo - start + js], blob[co - start:co - start + cs]
+        else:
+            jpg, cls = os.pread(fd, js, jo), os.pread(fd, cs, co)
+        try:
+            label = int(cls.decode("ascii").strip())
+        except ValueError as error:
+            raise ValueError(f"{index.shards[index.shard[i]]}: {index.keys[i]}.cls is not an "
+                             f"integer: {cls[:20]!r}") from error
+        return jpg, label
+
+    def labels(self) -> np.ndarray:
+        return np.asarray([self.read_label(i) for i in range(len(self))], dtype=np.int64)
+
+    def read_label(self, i: int) -> int:
+        index = self.index
+        fd = self._fd(int(index.shard[i]))
+        return int(os.pread(fd, int(index.cls_size[i]), int(index.cls_offset[i])).strip())
+
+    def close(self):
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __getstate__(self):  # pickled into spawned workers: reopen there
+        return {"index": self.index}
+
+    def __setstate__(self, state):
+        self.__init__(state["index"])

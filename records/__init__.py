@@ -1,0 +1,1 @@
+"""The on-disk record format between tools/ (which write it) and pipelines/ (which read it)."""

@@ -1,0 +1,226 @@
+"""The record format: what tools/convert.py writes and pipelines/ read, owned in one place.
+
+A dataset folder DIR/<dataset>/ holds, per stored split (CIFAR: train, test; ImageNet: train,
+val), the files of each format it was converted to, and manifest.json, written last:
+
+  arrays/{split}_images.npy, {split}_labels.npy   CIFAR: uint8 (N, 32, 32, 3) RGB, int64 (N,)
+  webdataset/{split}/shard-NNNNNN.tar (+ .idx)    ImageNet: <key>.jpg + <key>.cls per sample
+  ffcv/{split}.beton                              both: fields "image" and "label"
+
+Formats are named by what they are. The native, torchvision and DALI backends read "arrays"
+(CIFAR) or "webdataset" (ImageNet); the ffcv backend reads "ffcv". This module has no torch or
+ffcv dependency: converters, loaders and tests all import it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+VERSION = 2  # of the manifest and the layout above; older records must be converted again
+MANIFEST = "manifest.json"
+DATASETS = ("cifar10", "cifar100", "imagenet")
+STORED_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
+                 "imagenet": ("train", "val")}
+FORMATS = {"cifar10": ("arrays", "ffcv"), "cifar100": ("arrays", "ffcv"),
+           "imagenet": ("webdataset", "ffcv")}
+INDEX_VERSION = "v1.2"  # DALI's wds2idx text format, read by fn.readers.webdataset
+REQUIRED = ("dataset", "version", "formats", "classes", "splits", "files", "skipped")
+
+
+class RecordsError(ValueError):
+    """Records that are missing, stale or inconsistent; the message names the file and the fix."""
+
+
+def make_target(dataset: str) -> str:
+    """The command that (re)writes a dataset's records."""
+    src = {"cifar10": "CIFAR10_SRC=...", "cifar100": "CIFAR100_SRC=...",
+           "imagenet": "IMAGENET_SRC=..."}[dataset]
+    return f"make dataset-{dataset} {src}"
+
+
+def check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+
+
+def parse_formats(dataset: str, formats) -> tuple[str, ...]:
+    """A --formats value (comma string or sequence) checked against the dataset's formats."""
+    check_dataset(dataset)
+    names = tuple(f.strip() for f in formats.split(",")) if isinstance(formats, str) \
+        else tuple(formats)
+    allowed = FORMATS[dataset]
+    unknown = [f for f in names if f not in allowed]
+    if unknown or not names:
+        hint = (" ('dali' records are now named by what they are: 'arrays' for CIFAR, "
+                "'webdataset' for ImageNet)" if "dali" in unknown else "")
+        raise ValueError(f"formats {list(names)} for {dataset}: expected a non-empty subset of "
+                         f"{', '.join(allowed)}{hint}")
+    return tuple(dict.fromkeys(names))
+
+
+def backend_format(dataset: str, backend: str) -> str | None:
+    """The format a backend reads (None: synthetic reads nothing)."""
+    if backend == "synthetic":
+        return None
+    return "ffcv" if backend == "ffcv" else FORMATS[dataset][0]
+
+
+# ----------------------------------------------------------------------------- paths
+def beton_rel(split: str) -> str:
+    return f"ffcv/{split}.beton"
+
+
+def array_rels(split: str) -> tuple[str, str]:
+    """(images, labels) .npy paths of a CIFAR split, relative to the dataset folder."""
+    return f"arrays/{split}_images.npy", f"arrays/{split}_labels.npy"
+
+
+def shard_folder_rel(split: str) -> str:
+    return f"webdataset/{split}"
+
+
+def shard_rel(split: str, number: int) -> str:
+    return f"{shard_folder_rel(split)}/shard-{number:06d}.tar"
+
+
+def index_rel(tar_rel: str) -> str:
+    """The webdataset index beside a shard."""
+    return tar_rel[: -len(".tar")] + ".idx"
+
+
+def format_of(rel: str) -> str:
+    """The format a manifest file entry belongs to ("arrays/train_images.npy" -> "arrays")."""
+    return rel.split("/", 1)[0]
+
+
+# ----------------------------------------------------------------------------- webdataset index
+def index_text(lines: list[str]) -> str:
+    """An index file: header `v1.2 <samples>`, then one line per sample of
+    `<ext> <data offset> <size> <name>` groups (see `index_line`)."""
+    return f"{INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines)
+
+
+def index_line(key: str, parts: list[tuple[str, int, int]]) -> str:
+    """One sample's index line from (ext, data offset, size) of each member."""
+    return " ".join(f"{ext} {offset} {size} {key}.{ext}" for ext, offset, size in parts)
+
+
+def parse_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """{key: {ext: (offset, size)}} in shard order, checked against the header's count."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith(f"{INDEX_VERSION} "):
+        raise RecordsError(f"{path}: not a {INDEX_VERSION} webdataset index")
+    members: dict[str, dict[str, tuple[int, int]]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if not fields or len(fields) % 4:
+            raise RecordsError(f"{path}:{number}: expected '<ext> <offset> <size> <name>' "
+                               f"groups, got {line!r}")
+        for ext, offset, size, name in zip(*[iter(fields)] * 4):
+            members.setdefault(name.rpartition(".")[0], {})[ext] = (int(offset), int(size))
+    header = lines[0].split()[1]
+    if not header.isdigit() or int(header) != len(members) or len(members) != len(lines) - 1:
+        raise RecordsError(f"{path}: header says {header} samples, lists {len(members)}")
+    return members
+
+
+# ----------------------------------------------------------------------------- manifest
+def make_manifest(*, dataset: str, formats, source, settings: dict, classes: list[str],
+                  splits: dict[str, dict], files: dict[str, str] | None = None,
+                  skipped: list[dict] | None = None, fingerprint: str | None = None,
+                  **extra) -> dict:
+    """A manifest in the current schema. splits: {split: {"count": n, "per_class": [...]}};
+    files: {relative path: sha256} of every output (verify re-checks them)."""
+    manifest = {
+        "dataset": dataset, "version": VERSION, "formats": list(parse_formats(dataset, formats)),
+        "source": source, "settings": settings, "classes": list(classes), "splits": splits,
+        "files": dict(sorted((files or {}).items())), "skipped": list(skipped or []),
+        "fingerprint": fingerprint, **extra,
+    }
+    validate(manifest, MANIFEST)
+    return manifest
+
+
+def validate(manifest, where) -> dict:
+    """The manifest, or RecordsError naming `where` and what is wrong."""
+    if not isinstance(manifest, dict):
+        raise RecordsError(f"{where}: expected a JSON object")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if "version" in manifest and manifest["version"] != VERSION:
+        dataset = manifest.get("dataset", "<dataset>")
+        fix = make_target(dataset) if dataset in DATASETS else "tools/convert.py"
+        raise RecordsError(f"{where}: records of format version {manifest['version']!r}, this "
+                           f"code reads version {VERSION}; convert again: {fix}")
+    if missing:
+        raise RecordsError(f"{where}: missing key(s) {', '.join(missing)}")
+    dataset = manifest["dataset"]
+    if dataset not in DATASETS:
+        raise RecordsError(f"{where}: dataset {dataset!r} is not one of {', '.join(DATASETS)}")
+    try:
+        parse_formats(dataset, manifest["formats"])
+    except ValueError as error:
+        raise RecordsError(f"{where}: {error}") from None
+    for split in STORED_SPLITS[dataset]:
+        info = manifest["splits"].get(split)
+        if not isinstance(info, dict) or not isinstance(info.get("count"), int):
+            raise RecordsError(f"{where}: no splits.{split}.count")
+        per_class = info.get("per_class")
+        if not isinstance(per_class, list) or (per_class and sum(per_class) != info["count"]):
+            raise RecordsError(f"{where}: splits.{split}.per_class must be a list summing to "
+                               f"its count {info['count']}")
+    return manifest
+
+
+def read_manifest(root: str | Path, dataset: str | None = None) -> dict:
+    """DIR/<dataset>/manifest.json, validated; `dataset` (if given) must be the one it holds."""
+    path = Path(root) / MANIFEST
+    fix = make_target(dataset) if dataset in DATASETS else "tools/convert.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no records here (data.root must be a dataset folder "
+                                f"written by tools/convert.py, e.g. data/records/cifar10); "
+                                f"write them with: {fix}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RecordsError(f"{path}: not valid JSON ({error}); convert again: {fix}") from None
+    validate(manifest, path)
+    if dataset is not None and manifest["dataset"] != dataset:
+        raise RecordsError(f"{path}: holds {manifest['dataset']!r} but data.dataset={dataset!r}")
+    return manifest
+
+
+def write_manifest(root: str | Path, manifest: dict) -> Path:
+    """Validate, then write atomically (temporary file, fsync, rename): readers never see half."""
+    path = Path(root) / MANIFEST
+    validate(manifest, path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def split_count(manifest: dict, split: str) -> int:
+    return int(manifest["splits"][split]["count"])
+
+
+def require_format(root: str | Path, manifest: dict, backend: str,
+                   needed: str | None = None) -> str | None:
+    """The format `backend` reads (or `needed`), checked to be among the converted ones
+    (None: synthetic reads none)."""
+    needed = needed or backend_format(manifest["dataset"], backend)
+    if needed is not None and needed not in manifest["formats"]:
+        raise FileNotFoundError(
+            f"{Path(root)}: data.backend={backend!r} reads the {needed!r} records, but this "
+            f"folder was converted to {', '.join(manifest['formats'])} only; add them with: "
+            f"{make_target(manifest['dataset'])} (its --formats default is every format)")
+    return needed

@@ -1,0 +1,1 @@
+"""Writers of the record formats (records/format.py): arrays, webdataset shards, FFCV .beton."""
