@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import MODELS, build_model
+from models import MODELS
 from pipelines.spec import num_classes
 from train.config import ConfigError, dump_config, load_config, parse_value, valid_keys
-from train.schedule import build_optimizer, build_scheduler
+from train.schedule import LRSchedule, build_optimizer
+from train.setup import model_for
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -30,13 +31,12 @@ def test_there_is_a_config_for_every_seed_table_row():
 def test_every_config_loads_and_builds_its_model(path, tmp_path):
     cfg = load_config(path)
     assert cfg.model.name in MODELS
-    with torch.device("meta"):  # no memory, no init cost: ResNet-1202 and ImageNet nets too
-        model = build_model(cfg.model.name, num_classes(cfg.data.dataset),
-                            shortcut=cfg.model.shortcut,
-                            zero_init_residual=cfg.model.zero_init_residual,
-                            stride_in_1x1=cfg.model.stride_in_1x1)
+    meta = torch.device("meta")
+    with meta:  # no memory, no init cost: ResNet-1202 and ImageNet nets too
+        model = model_for(cfg, meta)
     assert model.fc.out_features == num_classes(cfg.data.dataset)
-    build_scheduler(build_optimizer(torch.nn.Linear(1, 1), cfg.optim), cfg.schedule)
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, iters_per_epoch=10)
+    assert schedule.lr(0) > 0
     saved = tmp_path / "config.yaml"  # what a run directory keeps: reloads identically
     saved.write_text(dump_config(cfg))
     assert load_config(saved) == cfg
@@ -65,16 +65,49 @@ def test_paper_and_seed_settings():
         ("cifar100", "B", [100, 200])
 
 
-def learning_rates(cfg, steps: int) -> list[float]:
-    """The lr of each of the first `steps` iterations under cfg's optimizer and schedule."""
+def learning_rates(cfg, steps: int, iters_per_epoch: int = 1) -> list[float]:
+    """The lr of each of the first `steps` iterations under cfg's schedule."""
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, iters_per_epoch)
+    return [schedule.lr(i) for i in range(steps)]
+
+
+def test_lr_matches_torch_schedulers():
+    """The pure function agrees with torch's ChainedScheduler(ConstantLR or LinearLR,
+    MultiStepLR) stepped once per unit, and epoch units hold the lr for a whole epoch."""
+    from torch.optim import lr_scheduler
+
+    for kind in ("constant", "linear"):
+        cfg = load_config(None, ["schedule.total=30", "schedule.milestones=[10,20]",
+                                 "schedule.warmup=4", f"schedule.warmup_kind={kind}"])
+        opt = build_optimizer(torch.nn.Linear(1, 1), cfg.optim)
+        warm = (lr_scheduler.ConstantLR(opt, factor=0.1, total_iters=4) if kind == "constant"
+                else lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=4))
+        chained = lr_scheduler.ChainedScheduler(
+            [warm, lr_scheduler.MultiStepLR(opt, milestones=[10, 20], gamma=0.1)])
+        expected = []
+        for _ in range(30):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            chained.step()
+        assert learning_rates(cfg, 30) == pytest.approx(expected)
+        per_iter = learning_rates(cfg, 30 * 7, iters_per_epoch=7)
+        assert per_iter == pytest.approx([lr for lr in expected for _ in range(7)])
+
+
+def test_plateau_rule_matches_reduce_lr_on_plateau():
+    from torch.optim import lr_scheduler
+
+    cfg = load_config(None, ["schedule.kind=plateau", "schedule.plateau_patience=1",
+                             "schedule.plateau_threshold=0.5"])
+    schedule = LRSchedule(cfg.schedule, 0.1, 10)
     opt = build_optimizer(torch.nn.Linear(1, 1), cfg.optim)
-    sched = build_scheduler(opt, cfg.schedule)
-    lrs = []
-    for _ in range(steps):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return lrs
+    torch_rule = lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=1,
+                                                threshold=0.5, threshold_mode="abs")
+    for error in (50, 40, 39.8, 39.9, 30, 29.9, 29.8, 29.7, 29.6, 10):
+        schedule.on_eval(error)
+        torch_rule.step(error)
+        assert schedule.lr(0) == pytest.approx(opt.param_groups[0]["lr"]), error
+    assert schedule.lr(0) == pytest.approx(1e-4)
 
 
 def test_resnet110_warmup_then_milestones():
@@ -138,6 +171,9 @@ def test_wrong_types_name_key_and_value(override, message):
     ("schedule.milestones=[200]", r"inside \(0, schedule.total=180\)"),
     ("optim.lr=-0.1", r"optim.lr=-0.1: must be >= 0"),
     ("run.log_every=0", r"run.log_every=0: must be >= 1"),
+    ("data.batch_size=0", r"^config: data.batch_size=0: must be >= 1$"),
+    ("data.eval_batch_size=-1", r"data.eval_batch_size=-1: must be >= 1"),
+    ("data.aug.flip_p=2.0", r"^config: data.aug.flip_p=2.0: expected a probability in \[0, 1\]$"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError, match=message):

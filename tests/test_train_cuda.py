@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import build_model
+from fixtures import tiny_args, write_tiny_cifar
 from pipelines import build_loader
 from train.checkpoint import load_checkpoint
 from train.config import load_config
 from train.distributed import DistEnv
 from train.loop import LoopSettings, TrainState, train_one_epoch
 from train.run import main
-from train.schedule import build_optimizer, build_scheduler
-
-from test_train import tiny_args, write_tiny_cifar
+from train.schedule import LRSchedule, build_optimizer
+from train.setup import model_for, precision
 
 pytestmark = pytest.mark.cuda
 
@@ -46,21 +45,21 @@ class SyncGuard:
 def test_hot_loop_makes_no_host_syncs(tmp_path, compile_mode):
     records = write_tiny_cifar(tmp_path)
     cfg = load_config("configs/resnet20.yaml", [f"data.root={records}", "data.val_size=0",
-                                                "data.batch_size=32"])
+                                                "data.batch_size=32", "run.amp=bf16"])
     device = torch.device("cuda")
     loader = build_loader(cfg.data, "train", device)  # 480 images: 15 batches
-    model = build_model("resnet20", 10).to(device, memory_format=torch.channels_last)
+    model = model_for(cfg, device)
+    prec = precision(cfg, device)
+    assert prec.memory_format is torch.channels_last and prec.amp_dtype is torch.bfloat16
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule)
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, len(loader))
     run_model = torch.compile(model, mode=compile_mode) if compile_mode else model
     logs = []
-    settings = LoopSettings(total_iters=10_000, step_per_iter=True, log_every=1000,
-                            ckpt_every=0, threads=0, progress=False)
+    settings = LoopSettings(total_iters=10_000, log_every=1000, ckpt_every=0, progress=False)
     env = DistEnv(0, 0, 1, device)
     state = TrainState()
-    train_one_epoch(run_model, SyncGuard(loader, first=4, last=14), optimizer, scheduler,
-                    torch.amp.GradScaler("cuda", enabled=False),
-                    torch.autocast("cuda", dtype=torch.bfloat16), state, settings, env,
+    train_one_epoch(run_model, SyncGuard(loader, first=4, last=14), optimizer, schedule,
+                    prec.grad_scaler(), prec, state, settings, env,
                     logs.append, lambda: None, lambda: False)
     assert state.iteration == 15 and len(logs) == 1  # one host sync: at the epoch's end
 

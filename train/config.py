@@ -216,8 +216,8 @@ def _build(cls, values: dict, prefix: str):
     try:
         return cls(**kwargs)
     except ValueError as error:
-        message = str(error)
-        if prefix == "data.aug." or not message.startswith(prefix.rstrip(".")):
+        message = str(error)  # validators name their full key (data.aug.flip_p=...)
+        if not message.startswith(prefix):
             message = f"{prefix.rstrip('.')}: {message}"
         raise ConfigError(message) from error
 

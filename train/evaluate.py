@@ -1,11 +1,12 @@
 """The paper's test protocols on a trained run:
-`python train/evaluate.py RUN_DIR --mode {center,tencrop,multiscale} [--split test]`.
+`python train/evaluate.py RUN_DIR --mode {center,tencrop,multiscale} [--split SPLIT]`.
 
 center: one view per image. tencrop: softmax averaged over 4 corners + center and their flips of
 the shorter-side-256 image. multiscale: the fully-convolutional net on the whole image resized to
 each shorter side in data.aug.eval_scales, softmax averaged over the scales. Loads RUN_DIR/best.pt
 and RUN_DIR/config.yaml (key=value overrides apply, e.g. data.root=... on another machine);
-writes RUN_DIR/eval_<mode>_<split>.json.
+writes RUN_DIR/eval_<mode>_<split>.json. The split defaults to the one a run reports: CIFAR's
+test set, ImageNet's val (ImageNet has no labelled test set).
 """
 from __future__ import annotations
 
@@ -16,37 +17,36 @@ if __name__ == "__main__":  # `python train/evaluate.py`: import the repo's pack
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import contextlib
 import json
 
 import torch
 
-from models import build_model
-from pipelines import build_loader, num_classes
+from pipelines import build_loader, report_split
 from pipelines.spec import EVAL_MODES
-from train import checkpoint as ckpt
-from train.config import ConfigError, load_config
-from train.distributed import resolve_device
+from records.format import RecordsError
+from train.config import ConfigError
 from train.loop import accumulate, metrics_from_sums, predict
 from train.metrics import write_json
+from train.setup import load_run, precision
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--mode", choices=EVAL_MODES, default="center")
-    parser.add_argument("--split", default="test", help="test (default) or val")
+    parser.add_argument("--split", help="default: the split the run reports (CIFAR test, "
+                        "ImageNet val)")
     parser.add_argument("--checkpoint", default="best.pt", help="file in RUN_DIR (best.pt)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser.parse_args(argv)
 
 
-@torch.no_grad()
-def probabilities(model, loader, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+@torch.inference_mode()
+def probabilities(model, loader, prec) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax scores (N, C) on the CPU, in the loader's (unshuffled) order, and labels (N,)."""
     probs, labels = [], []
     for images, target in loader:
-        probs.append(predict(model, images, autocast).cpu())
+        probs.append(predict(model, images, prec).cpu())
         labels.append(target.cpu())
     return torch.cat(probs), torch.cat(labels)
 
@@ -57,23 +57,16 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.run_dir / "config.yaml", args.overrides)
-    device = resolve_device(cfg.run.device)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.run.amp == "bf16" \
-        else contextlib.nullcontext()
-    model = build_model(cfg.model.name, num_classes(cfg.data.dataset), shortcut=cfg.model.shortcut,
-                        stride_in_1x1=cfg.model.stride_in_1x1)
-    ckpt.load_model_state(model, ckpt.load_checkpoint(args.run_dir / args.checkpoint)["model"])
-    memory_format = torch.channels_last if cuda and cfg.data.channels_last \
-        else torch.contiguous_format
-    model.to(device, memory_format=memory_format).eval()
+    cfg, model = load_run(args.run_dir, args.checkpoint, args.overrides)
+    device = next(model.parameters()).device
+    prec = precision(cfg, device)
+    args.split = args.split or report_split(cfg.data)
 
     scales = list(cfg.data.aug.eval_scales) if args.mode == "multiscale" else [None]
     total, labels, per_scale = None, None, {}
     for scale in scales:
         loader = build_loader(cfg.data, args.split, device, eval_mode=args.mode, scale=scale)
-        probs, target = probabilities(model, loader, autocast)
+        probs, target = probabilities(model, loader, prec)
         if labels is not None and not torch.equal(labels, target):
             raise RuntimeError(f"scale {scale}: the loader's order of labels differs from the "
                                "first scale's; cannot average scores per image")
@@ -92,5 +85,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, RecordsError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

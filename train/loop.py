@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from train.distributed import DistEnv, all_reduce_sum
+from train.schedule import LRSchedule, set_lr
+from train.setup import Precision
 
 
 class NonFiniteLoss(RuntimeError):
@@ -44,10 +46,8 @@ class TrainState:
 @dataclass
 class LoopSettings:
     total_iters: int  # stop when state.iteration reaches this
-    step_per_iter: bool  # scheduler.step() after every iteration (else the caller steps it)
     log_every: int
     ckpt_every: int  # 0 = none mid-epoch
-    threads: int  # torch threads to restore when an epoch starts
     progress: bool  # show a tqdm bar
     mark_step: bool = False  # torch.compile's CUDA graphs (reduce-overhead): mark each step
 
@@ -58,21 +58,20 @@ def device_sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, autocast, state: TrainState,
-                    settings: LoopSettings, env: DistEnv,
+def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, precision: Precision,
+                    state: TrainState, settings: LoopSettings, env: DistEnv,
                     on_log: Callable[[dict], None], on_checkpoint: Callable[[], None],
                     stop_requested: Callable[[], bool]) -> dict:
     """Train from (state.epoch, state.batch) to the end of the epoch, or until total_iters or
     a requested stop (after the current step; under DDP at the next log step, agreed across
-    ranks). Returns the epoch's train loss/error over the iterations run here, and `stopped`."""
+    ranks). The lr of every step is schedule.lr(iteration). Returns the epoch's train
+    loss/error over the iterations run here, and `stopped`."""
     model.train()
     device = env.device
     device_sync(device)
     start = last_log = time.perf_counter()
     loader.set_epoch(state.epoch, start=state.batch)
     batches = iter(loader)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)  # some loaders (FFCV) reset it per epoch
     # [loss sum, correct, count, stop votes]: device accumulators, read at log steps only
     sums = torch.zeros(4, device=device)
     epoch_sums = torch.zeros(3, dtype=torch.float64)
@@ -82,16 +81,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, autocast, state
     for images, labels in batches:
         if settings.mark_step:
             torch.compiler.cudagraph_mark_step_begin()
-        with autocast:
+        lr = schedule.lr(state.iteration)
+        set_lr(optimizer, lr)
+        with precision.autocast():
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
-        lr = optimizer.param_groups[0]["lr"]  # the lr of this step, before the scheduler moves it
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        if settings.step_per_iter:
-            scheduler.step()
         n = labels.shape[0]
         sums[0] += loss.detach().float() * n
         sums[1] += (logits.detach().argmax(1) == labels).sum()
@@ -138,12 +136,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, autocast, state
             "stopped": stopped}
 
 
-@torch.no_grad()
-def predict(model, images: torch.Tensor, autocast) -> torch.Tensor:
+@torch.inference_mode()
+def predict(model, images: torch.Tensor, precision: Precision) -> torch.Tensor:
     """Class probabilities (B, C). Multi-crop batches (B, K, 3, H, W) average the softmax of
     their K crops (10-crop testing)."""
     crops = images.shape[1] if images.ndim == 5 else 0
-    with autocast:
+    with precision.autocast():
         logits = model(images.flatten(0, 1) if crops else images)
     probs = logits.float().softmax(dim=1)
     return probs.unflatten(0, (-1, crops)).mean(1) if crops else probs
@@ -166,14 +164,14 @@ def metrics_from_sums(sums: list[float]) -> dict:
             "top5_error": 100.0 * (1 - top5 / count), "count": int(sums[3])}
 
 
-@torch.no_grad()
-def evaluate(model, loader, autocast, env: DistEnv) -> dict:
+@torch.inference_mode()
+def evaluate(model, loader, precision: Precision, env: DistEnv) -> dict:
     """Loss, top-1 and top-5 error (%) over an eval split, summed across ranks."""
     was_training = model.training
     model.eval()
     sums = None
     for images, labels in loader:
-        sums = accumulate(predict(model, images, autocast), labels, sums)
+        sums = accumulate(predict(model, images, precision), labels, sums)
     if sums is None:
         sums = torch.zeros(4, dtype=torch.float64, device=env.device)
     all_reduce_sum(sums, env)

@@ -1,7 +1,9 @@
 """Train a ResNet: `python train/run.py configs/X.yaml [key.sub=value ...] [--resume RUN_DIR]`.
 
-One script in nanoGPT's phase order: config -> DDP and device -> data -> model (fresh or resumed)
--> optimizer, schedule, compile, DDP wrap -> logging -> the loop -> test, summary, curves.
+`Trainer.__init__` is the table of contents of a run: processes and device, run directory,
+precision, loaders, model, optimizer and schedule, resumed state, logger. `fit()` is the loop:
+train an epoch, evaluate on the selection split, checkpoint; `finish()` reports the final and
+best models on the report split and writes summary.json and curves.png.
 Several processes: `torchrun --nproc_per_node N train/run.py ...` (data.batch_size is per rank).
 """
 from __future__ import annotations
@@ -13,7 +15,6 @@ if __name__ == "__main__":  # `python train/run.py`: import the repo's packages,
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import contextlib
 import random
 import signal
 import time
@@ -25,17 +26,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from models import build_model
-from pipelines import build_loader, num_classes
+from pipelines import build_loader, report_split, selection_split
+from records.format import RecordsError
 from train import checkpoint as ckpt
 from train import distributed
 from train.config import Config, ConfigError, dump_config, load_config, to_dict
-from train.loop import (LoopSettings, NonFiniteLoss, TrainState, device_sync, evaluate,
-                        train_one_epoch)
+from train.loop import (
+    LoopSettings,
+    NonFiniteLoss,
+    TrainState,
+    device_sync,
+    evaluate,
+    train_one_epoch,
+)
 from train.metrics import MetricsLog, plot_curves, read_metrics, write_json, write_text
-from train.schedule import EarlyStopper, build_optimizer, build_scheduler
+from train.schedule import EarlyStopper, LRSchedule, build_optimizer
+from train.setup import model_for, precision
 
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "nonfinite": 1, "interrupted": 130}
+IMAGENET_NOTE = ("ImageNet has no labelled test set: the reported numbers are val numbers, "
+                 "on the same images that chose the best model")
 
 
 @dataclass
@@ -88,6 +98,13 @@ def new_run_dir(cfg: Config, config_path: str | None) -> Path:
     return run_dir
 
 
+def seed_everything(seed: int) -> None:
+    """The same seed on every rank: every rank builds the same initial model."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 class StopFlag:
     """First SIGINT/SIGTERM: finish the step, checkpoint, exit. Second: abort at once."""
 
@@ -112,252 +129,274 @@ class StopFlag:
             signal.signal(signum, handler)
 
 
-def main(argv=None) -> Result:
-    # ---- config
-    args = parse_args(argv)
-    cfg, run_dir, resumed = resolve_config(args)
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path | None, resumed: dict | None,
+                 config_path: str | None = None):
+        self.cfg = cfg
+        self.env = distributed.setup(cfg.run.device)
+        self.run_dir = self.create_run_dir(run_dir, config_path)
+        self.precision = self.configure_device()
+        self.train_loader, self.val_loader = self.create_loaders()
+        self.raw_model, self.model, self.eval_model = self.create_model()
+        self.optimizer, self.schedule, self.scaler = self.create_optimizer()
+        self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
+        self.best, self.time_to_target, self.saved_iter = None, None, None
+        if resumed is not None:
+            self.restore(resumed)
+        self.log = self.create_logger(resumed is not None)
+        self.clock0 = time.perf_counter() - self.state.elapsed
 
-    # ---- DDP, device, seeds, precision
-    env = distributed.setup(cfg.run.device)
-    device, is_main = env.device, env.is_main
-    if run_dir is None:
-        run_dir = Path(distributed.broadcast_object(str(new_run_dir(cfg, args.config)), env))
-    cfg.run.out_dir, cfg.run.name = str(run_dir.parent), run_dir.name
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    threads = torch.get_num_threads()
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp)
-    use_amp = cuda and amp_dtype is not None
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype is torch.float16)
-    if cfg.data.dtype == "bfloat16" and not (use_amp and amp_dtype is torch.bfloat16):
-        raise ConfigError("data.dtype=bfloat16 needs CUDA with run.amp=bf16; "
-                          f"here device={device}, run.amp={cfg.run.amp}")
-    memory_format = torch.channels_last if cuda and cfg.data.channels_last \
-        else torch.contiguous_format
+    # ---- set-up, in the order __init__ calls it
+    def create_run_dir(self, run_dir: Path | None, config_path: str | None) -> Path:
+        if run_dir is None:  # named by rank 0 (a timestamp), the same on every rank
+            run_dir = Path(distributed.broadcast_object(
+                str(new_run_dir(self.cfg, config_path)), self.env))
+        self.cfg.run.out_dir, self.cfg.run.name = str(run_dir.parent), run_dir.name
+        return run_dir
 
-    # ---- data (each rank reads its own share; augmentation is seeded by (seed, epoch, rank))
-    def loader(split):
-        return build_loader(cfg.data, split, device, env.rank, env.world_size, seed=cfg.run.seed)
+    def configure_device(self):
+        if self.cfg.run.threads:
+            torch.set_num_threads(self.cfg.run.threads)
+        if self.env.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        return precision(self.cfg, self.env.device)
 
-    train_loader = loader("train")
-    has_val = cfg.data.dataset == "imagenet" or cfg.data.val_size > 0
-    val_loader = loader("val") if has_val else None
-    iters_per_epoch = len(train_loader)
-    sched = cfg.schedule
-    total_iters = sched.total if sched.unit == "iter" else sched.total * iters_per_epoch
+    def loader(self, split: str):
+        """Each rank reads its own share; augmentation is seeded by (seed, epoch, rank)."""
+        return build_loader(self.cfg.data, split, self.env.device, self.env.rank,
+                            self.env.world_size, seed=self.cfg.run.seed)
 
-    # ---- model, fresh or resumed; the same seed on every rank gives the same init
-    torch.manual_seed(cfg.run.seed)
-    random.seed(cfg.run.seed)
-    np.random.seed(cfg.run.seed)
-    raw_model = build_model(cfg.model.name, num_classes(cfg.data.dataset),
-                            shortcut=cfg.model.shortcut,
-                            zero_init_residual=cfg.model.zero_init_residual,
-                            stride_in_1x1=cfg.model.stride_in_1x1)
-    raw_model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(raw_model, cfg.optim)
-    scheduler = build_scheduler(optimizer, sched)
-    state, stopper = TrainState(), EarlyStopper(cfg.run.patience)
-    progress = {"best": None, "time_to_target": None, "saved_iter": None}
-    if resumed is not None:
-        ckpt.load_model_state(raw_model, resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        scaler.load_state_dict(resumed["scaler"])
-        state.load_state_dict(resumed["state"])
-        stopper.load_state_dict(resumed["stopper"])
-        progress = dict(resumed["progress"])
+    def create_loaders(self):
+        select = selection_split(self.cfg.data)
+        return self.loader("train"), (self.loader(select) if select else None)
+
+    def create_model(self):
+        """(raw model, the one trained: compiled and DDP-wrapped, the one evaluated)."""
+        seed_everything(self.cfg.run.seed)
+        raw = model_for(self.cfg, self.env.device)
+        model = torch.compile(raw, mode=self.cfg.run.compile) if self.cfg.run.compile else raw
+        if self.env.distributed:
+            cuda = self.env.device.type == "cuda"
+            model = DDP(model, device_ids=[self.env.local_rank] if cuda else None)
+        return raw, model, model.module if self.env.distributed else model  # eval: no DDP sync
+
+    def create_optimizer(self):
+        sched = self.cfg.schedule
+        iters_per_epoch = len(self.train_loader)
+        self.total_iters = sched.total if sched.unit == "iter" else sched.total * iters_per_epoch
+        return (build_optimizer(self.raw_model, self.cfg.optim),
+                LRSchedule(sched, self.cfg.optim.lr, iters_per_epoch),
+                self.precision.grad_scaler())
+
+    def restore(self, resumed: dict) -> None:
+        ckpt.load_model_state(self.raw_model, resumed["model"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        self.schedule.load_state_dict(resumed["schedule"])
+        self.scaler.load_state_dict(resumed["scaler"])
+        self.state.load_state_dict(resumed["state"])
+        self.stopper.load_state_dict(resumed["stopper"])
+        progress = resumed["progress"]
+        self.best, self.time_to_target = progress["best"], progress["time_to_target"]
+        self.saved_iter = progress["saved_iter"]
         ckpt.set_rng_state(resumed["rng"])
 
-    # ---- compile, DDP
-    model = raw_model
-    if cfg.run.compile:
-        model = torch.compile(model, mode=cfg.run.compile)
-    if env.distributed:
-        model = DDP(model, device_ids=[env.local_rank] if cuda else None)
-    eval_model = model.module if env.distributed else model  # no DDP buffer syncs in eval
-
-    # ---- logging (rank 0)
-    log = None
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(dump_config(cfg), run_dir / "config.yaml")
-        log = MetricsLog(run_dir, resume_iter=state.iteration if resumed is not None else None)
-        where = f"resumed at iteration {state.iteration}" if resumed is not None else "new run"
-        tqdm.write(f"{run_dir} ({where}): {cfg.model.name} on {cfg.data.dataset} "
-                   f"[{cfg.data.backend}], {device} x{env.world_size}, {iters_per_epoch} it/epoch, "
-                   f"{total_iters} iterations")
-    clock0 = time.perf_counter() - state.elapsed
-
-    def record(kind, **values):
-        if log is not None:
-            log.log(kind, state.iteration, epoch=state.epoch, **values)
-
-    def save_checkpoint(best: bool = False) -> None:
-        if not ckpt.all_finite(raw_model):  # every rank: they hold the same weights
-            raise NonFiniteLoss(f"weights are not finite at iteration {state.iteration}")
-        state.elapsed = time.perf_counter() - clock0
-        progress["saved_iter"] = state.iteration
-        if not is_main:
-            return
-        payload = {
-            "model": raw_model.state_dict(), "model_name": cfg.model.name,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "state": state.state_dict(),
-            "stopper": stopper.state_dict(), "progress": dict(progress),
-            "config": to_dict(cfg), "rng": ckpt.rng_state(),
-        }
-        ckpt.save_atomic(payload, run_dir / "last.pt")
-        if best:
-            ckpt.save_atomic(payload, run_dir / "best.pt")
-
-    settings = LoopSettings(
-        total_iters=total_iters, step_per_iter=sched.unit == "iter" and sched.kind != "plateau",
-        log_every=cfg.run.log_every, ckpt_every=cfg.run.ckpt_every, threads=threads,
-        progress=is_main and cfg.run.progress and sys.stderr.isatty(),
-        mark_step=cfg.run.compile == "reduce-overhead")
+    def create_logger(self, resumed: bool) -> MetricsLog | None:
+        if not self.env.is_main:
+            return None
+        cfg, state = self.cfg, self.state
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(dump_config(cfg), self.run_dir / "config.yaml")
+        where = f"resumed at iteration {state.iteration}" if resumed else "new run"
+        tqdm.write(f"{self.run_dir} ({where}): {cfg.model.name} on {cfg.data.dataset} "
+                   f"[{cfg.data.backend}], {self.env.device} x{self.env.world_size}, "
+                   f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations")
+        return MetricsLog(self.run_dir, resume_iter=state.iteration if resumed else None)
 
     # ---- the loop
-    status, val = "completed", None
-    try:
-        with StopFlag() as stop:
-            while state.iteration < total_iters:
-                epoch = state.epoch
-                result = train_one_epoch(
-                    model, train_loader, optimizer, scheduler, scaler, autocast, state,
-                    settings, env, on_log=lambda values: record("train", **values),
-                    on_checkpoint=save_checkpoint, stop_requested=lambda: stop.requested)
-                if result["stopped"]:
-                    status = "interrupted"
-                    break
-                epoch_done = state.batch >= iters_per_epoch
-                if epoch_done:
-                    if sched.unit == "epoch" and sched.kind == "multistep":
-                        scheduler.step()
-                    state.epoch, state.batch = state.epoch + 1, 0
-                finished = state.iteration >= total_iters
-                improved, evaluated = False, None
-                if has_val and (finished or epoch_done and state.epoch % cfg.run.eval_every == 0):
-                    distributed.sync_buffers(raw_model, env)
-                    val = evaluate(eval_model, val_loader, autocast, env)
-                    improved = stopper.step(val["top1_error"])
-                    if sched.kind == "plateau":
-                        scheduler.step(val["top1_error"])
-                    if improved:
-                        progress["best"] = {"iteration": state.iteration, "epoch": state.epoch,
-                                            "val": val}
-                    target = cfg.run.target_error
-                    if (target is not None and progress["time_to_target"] is None
-                            and val["top1_error"] <= target):
-                        progress["time_to_target"] = {
-                            "seconds": time.perf_counter() - clock0,
-                            "iteration": state.iteration, "epoch": state.epoch}
-                    record("val", **val)
-                    evaluated = val
-                record("epoch", train_loss=result["loss"], train_error=result["error"],
-                       lr=optimizer.param_groups[0]["lr"], train_time=state.train_time)
-                save_checkpoint(best=improved)
-                if is_main:
-                    tqdm.write(epoch_line(epoch, result, evaluated, state, optimizer, clock0))
-                if stopper.should_stop:
-                    status = "early_stopped"
-                    break
-    except NonFiniteLoss as error:
-        saved = progress["saved_iter"]
-        where = (f"{run_dir / 'last.pt'} (iteration {saved}) is the last good checkpoint"
-                 if saved is not None else "no checkpoint was written")
-        message = f"stopping: {error}; {where}"
-        record("event", message=message)
-        print(message, file=sys.stderr, flush=True)
-        if log is not None:
-            log.close()
-        distributed.cleanup(env)
-        return Result("nonfinite", run_dir, raw_model, None)
+    def record(self, kind: str, **values) -> None:
+        if self.log is not None:
+            self.log.log(kind, self.state.iteration, epoch=self.state.epoch, **values)
 
-    if status == "interrupted":
-        if is_main:
-            tqdm.write(f"interrupted at iteration {state.iteration}; resume with: "
-                       f"python train/run.py --resume {run_dir}")
-            log.close()
-        distributed.cleanup(env)
-        return Result(status, run_dir, raw_model, None)
+    def fit(self) -> Result:
+        cfg, state = self.cfg, self.state
+        settings = LoopSettings(
+            total_iters=self.total_iters, log_every=cfg.run.log_every,
+            ckpt_every=cfg.run.ckpt_every, mark_step=cfg.run.compile == "reduce-overhead",
+            progress=self.env.is_main and cfg.run.progress and sys.stderr.isatty())
+        status, val = "completed", None
+        try:
+            with StopFlag() as stop:
+                while state.iteration < self.total_iters:
+                    epoch = state.epoch
+                    result = train_one_epoch(
+                        self.model, self.train_loader, self.optimizer, self.schedule,
+                        self.scaler, self.precision, state, settings, self.env,
+                        on_log=lambda values: self.record("train", **values),
+                        on_checkpoint=self.save_checkpoint,
+                        stop_requested=lambda: stop.requested)
+                    if result["stopped"]:
+                        status = "interrupted"
+                        break
+                    epoch_done = state.batch >= len(self.train_loader)
+                    if epoch_done:
+                        state.epoch, state.batch = state.epoch + 1, 0
+                    finished = state.iteration >= self.total_iters
+                    improved, evaluated = False, None
+                    if self.val_loader is not None and (
+                            finished or epoch_done and state.epoch % cfg.run.eval_every == 0):
+                        val, improved = self.validate()
+                        evaluated = val
+                    self.record("epoch", train_loss=result["loss"], train_error=result["error"],
+                                lr=self.schedule.lr(state.iteration),
+                                train_time=state.train_time)
+                    self.save_checkpoint(best=improved)
+                    if self.env.is_main:
+                        tqdm.write(self.epoch_line(epoch, result, evaluated))
+                    if self.stopper.should_stop:
+                        status = "early_stopped"
+                        break
+        except NonFiniteLoss as error:
+            where = (f"{self.run_dir / 'last.pt'} (iteration {self.saved_iter}) is the last "
+                     "good checkpoint" if self.saved_iter is not None
+                     else "no checkpoint was written")
+            message = f"stopping: {error}; {where}"
+            self.record("event", message=message)
+            print(message, file=sys.stderr, flush=True)
+            return self.close(Result("nonfinite", self.run_dir, self.raw_model, None))
+        if status == "interrupted":
+            if self.env.is_main:
+                tqdm.write(f"interrupted at iteration {state.iteration}; resume with: "
+                           f"python train/run.py --resume {self.run_dir}")
+            return self.close(Result(status, self.run_dir, self.raw_model, None))
+        return self.close(Result(status, self.run_dir, self.raw_model, self.finish(status, val)))
 
-    # ---- test, summary, curves
-    summary = finish(cfg, env, run_dir, raw_model, eval_model, loader, autocast, state,
-                     progress, val, iters_per_epoch, clock0, status, record, log, has_val)
-    distributed.cleanup(env)
-    return Result(status, run_dir, raw_model, summary)
+    def validate(self) -> tuple[dict, bool]:
+        """Evaluate on the selection split: plateau rule, best model (returns whether this is
+        it), time to target."""
+        state, target = self.state, self.cfg.run.target_error
+        distributed.sync_buffers(self.raw_model, self.env)
+        val = evaluate(self.eval_model, self.val_loader, self.precision, self.env)
+        self.schedule.on_eval(val["top1_error"])
+        improved = self.stopper.step(val["top1_error"])
+        if improved:
+            self.best = {"iteration": state.iteration, "epoch": state.epoch, "val": val}
+        if target is not None and self.time_to_target is None and val["top1_error"] <= target:
+            self.time_to_target = {"seconds": time.perf_counter() - self.clock0,
+                                   "iteration": state.iteration, "epoch": state.epoch}
+        self.record("val", **val)
+        return val, improved
+
+    def save_checkpoint(self, best: bool = False) -> None:
+        if not ckpt.all_finite(self.raw_model):  # every rank: they hold the same weights
+            raise NonFiniteLoss(f"weights are not finite at iteration {self.state.iteration}")
+        self.state.elapsed = time.perf_counter() - self.clock0
+        self.saved_iter = self.state.iteration
+        if not self.env.is_main:
+            return
+        payload = {
+            "model": self.raw_model.state_dict(), "model_name": self.cfg.model.name,
+            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(), "state": self.state.state_dict(),
+            "stopper": self.stopper.state_dict(), "config": to_dict(self.cfg),
+            "progress": {"best": self.best, "time_to_target": self.time_to_target,
+                         "saved_iter": self.saved_iter},
+            "rng": ckpt.rng_state(),
+        }
+        ckpt.save_atomic(payload, self.run_dir / "last.pt")
+        if best:
+            ckpt.save_atomic(payload, self.run_dir / "best.pt")
+
+    def epoch_line(self, epoch: int, result: dict, val: dict | None) -> str:
+        state = self.state
+        parts = [f"epoch {epoch:3d}", f"iter {state.iteration}",
+                 f"train loss {result['loss']:.4f} err {result['error']:5.2f}%"]
+        if val is not None:
+            parts.append(f"val err {val['top1_error']:5.2f}% (top-5 {val['top5_error']:.2f}%)")
+        parts += [f"lr {self.schedule.lr(state.iteration):.3g}",
+                  f"{state.images / max(state.train_time, 1e-9):.0f} img/s",
+                  f"{time.perf_counter() - self.clock0:.0f}s"]
+        return " | ".join(parts)
+
+    # ---- the end
+    def report(self, final_val: dict | None) -> tuple[str, dict, dict]:
+        """(report split, the final model's numbers on it, the best model's)."""
+        split = report_split(self.cfg.data)
+        if split == selection_split(self.cfg.data):  # ImageNet: already evaluated, no rerun
+            return split, final_val, (self.best or {}).get("val", final_val)
+        distributed.sync_buffers(self.raw_model, self.env)
+        loader = self.loader(split)
+        final = evaluate(self.eval_model, loader, self.precision, self.env)
+        self.record(split, which="final", **final)
+        best = final
+        if self.best is not None and self.best["iteration"] != self.state.iteration:
+            final_state = {k: v.clone() for k, v in self.raw_model.state_dict().items()}
+            best_ckpt = ckpt.load_checkpoint(self.run_dir / "best.pt")
+            ckpt.load_model_state(self.raw_model, best_ckpt["model"])
+            best = evaluate(self.eval_model, loader, self.precision, self.env)
+            self.record(split, which="best", **best)
+            self.raw_model.load_state_dict(final_state)
+        return split, final, best
+
+    def finish(self, status: str, val: dict | None) -> dict | None:
+        """The final and the best model on the report split, summary.json and curves.png."""
+        cfg, state, env = self.cfg, self.state, self.env
+        split, final, best = self.report(val)
+        device_sync(env.device)
+        if not env.is_main:
+            return None
+        if self.val_loader is None:  # nothing to choose by: the final model is the best
+            ckpt.save_atomic(ckpt.load_checkpoint(self.run_dir / "last.pt"),
+                             self.run_dir / "best.pt")
+        wall = time.perf_counter() - self.clock0
+        tta = self.time_to_target
+        device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
+        summary = {
+            "run": self.run_dir.name, "status": status, "model": cfg.model.name,
+            "dataset": cfg.data.dataset, "backend": cfg.data.backend, "device": device,
+            "world_size": env.world_size, "global_batch": cfg.data.batch_size * env.world_size,
+            "iterations": state.iteration,
+            "epochs": round(state.iteration / len(self.train_loader), 3),
+            "reported_split": split,
+            f"{split}_top1_error": final["top1_error"], f"{split}_top5_error": final["top5_error"],
+            "final": {"val": val, split: final},
+            "best": None if self.best is None else {**self.best, split: best},
+            "images_per_sec": state.images / max(state.train_time, 1e-9),
+            "train_time_s": state.train_time, "wall_time_s": wall,
+            "target_error": cfg.run.target_error,
+            "time_to_target_s": None if tta is None else tta["seconds"],
+            "iteration_to_target": None if tta is None else tta["iteration"],
+            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        }
+        if cfg.data.dataset == "imagenet":
+            summary["note"] = IMAGENET_NOTE
+        write_json(summary, self.run_dir / "summary.json")
+        plot_curves(read_metrics(self.run_dir), self.run_dir / "curves.png",
+                    title=f"{cfg.model.name} {cfg.data.dataset}")
+        tqdm.write(f"done ({status}): {split} error {final['top1_error']:.2f}% "
+                   f"(top-5 {final['top5_error']:.2f}%), {summary['images_per_sec']:.0f} img/s, "
+                   f"{wall:.0f}s\n  curves:  {self.run_dir / 'curves.png'}\n"
+                   f"  summary: {self.run_dir / 'summary.json'}")
+        return summary
+
+    def close(self, result: Result) -> Result:
+        if self.log is not None:
+            self.log.close()
+        distributed.cleanup(self.env)
+        return result
 
 
-def epoch_line(epoch, result, val, state, optimizer, clock0) -> str:
-    parts = [f"epoch {epoch:3d}", f"iter {state.iteration}",
-             f"train loss {result['loss']:.4f} err {result['error']:5.2f}%"]
-    if val is not None:
-        parts.append(f"val err {val['top1_error']:5.2f}% (top-5 {val['top5_error']:.2f}%)")
-    parts += [f"lr {optimizer.param_groups[0]['lr']:.3g}",
-              f"{state.images / max(state.train_time, 1e-9):.0f} img/s",
-              f"{time.perf_counter() - clock0:.0f}s"]
-    return " | ".join(parts)
-
-
-def finish(cfg, env, run_dir, raw_model, eval_model, loader, autocast, state, progress, val,
-           iters_per_epoch, clock0, status, record, log, has_val) -> dict | None:
-    """Test error of the final and the best model, summary.json and curves.png."""
-    distributed.sync_buffers(raw_model, env)
-    test_loader = loader("test")
-    test = evaluate(eval_model, test_loader, autocast, env)
-    record("test", which="final", **test)
-    best = progress["best"]
-    best_test = test
-    if best is not None and best["iteration"] != state.iteration:
-        final_state = {k: v.clone() for k, v in raw_model.state_dict().items()}
-        ckpt.load_model_state(raw_model, ckpt.load_checkpoint(run_dir / "best.pt")["model"])
-        best_test = evaluate(eval_model, test_loader, autocast, env)
-        record("test", which="best", **best_test)
-        raw_model.load_state_dict(final_state)
-    device_sync(env.device)
-    if not env.is_main:
-        return None
-    if not has_val:  # nothing to choose by: the final model is the best
-        ckpt.save_atomic(ckpt.load_checkpoint(run_dir / "last.pt"), run_dir / "best.pt")
-    wall = time.perf_counter() - clock0
-    tta = progress["time_to_target"]
-    device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
-    summary = {
-        "run": run_dir.name, "status": status, "model": cfg.model.name,
-        "dataset": cfg.data.dataset, "backend": cfg.data.backend, "device": device_name,
-        "world_size": env.world_size, "global_batch": cfg.data.batch_size * env.world_size,
-        "iterations": state.iteration, "epochs": round(state.iteration / iters_per_epoch, 3),
-        "final": {"val": val, "test": test},
-        "best": None if best is None else {**best, "test": best_test},
-        "test_top1_error": test["top1_error"], "test_top5_error": test["top5_error"],
-        "images_per_sec": state.images / max(state.train_time, 1e-9),
-        "train_time_s": state.train_time, "wall_time_s": wall,
-        "target_error": cfg.run.target_error,
-        "time_to_target_s": None if tta is None else tta["seconds"],
-        "iteration_to_target": None if tta is None else tta["iteration"],
-        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
-    }
-    write_json(summary, run_dir / "summary.json")
-    plot_curves(read_metrics(run_dir), run_dir / "curves.png",
-                title=f"{cfg.model.name} {cfg.data.dataset}")
-    log.close()
-    tqdm.write(f"done ({status}): test error {test['top1_error']:.2f}% "
-               f"(top-5 {test['top5_error']:.2f}%), {summary['images_per_sec']:.0f} img/s, "
-               f"{wall:.0f}s; {run_dir}")
-    return summary
+def main(argv=None) -> Result:
+    args = parse_args(argv)
+    cfg, run_dir, resumed = resolve_config(args)
+    return Trainer(cfg, run_dir, resumed, args.config).fit()
 
 
 if __name__ == "__main__":
     try:
         sys.exit(EXIT_CODES[main().status])
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, RecordsError, FileNotFoundError, ImportError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint on disk stays valid
         sys.exit(130)

@@ -1,11 +1,15 @@
-"""Optimizer, learning-rate schedule and early stopping, from the config."""
+"""Optimizer, learning rate and early stopping, from the config.
+
+The learning rate is set in one place, the loop, from `LRSchedule.lr(iteration)` before every
+step (nanoGPT's way). Multistep decay and warm-up are a pure function of the iteration; only the
+plateau rule keeps state, moved by `on_eval` with each val error.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
 
 from train.config import OptimConfig, ScheduleConfig
 
@@ -16,23 +20,54 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig):
-    """A torch.optim.lr_scheduler stepped once per `cfg.unit` (kind multistep) or once per val
-    evaluation with the val error (kind plateau, ReduceLROnPlateau)."""
-    if cfg.kind == "plateau":
-        return lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.gamma, patience=cfg.plateau_patience,
-            threshold=cfg.plateau_threshold, threshold_mode="abs")
-    if not cfg.warmup:
-        return lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    if cfg.warmup_kind == "constant":
-        warmup = lr_scheduler.ConstantLR(optimizer, factor=cfg.warmup_factor,
-                                         total_iters=cfg.warmup)
-    else:
-        warmup = lr_scheduler.LinearLR(optimizer, start_factor=cfg.warmup_factor,
-                                       total_iters=cfg.warmup)
-    decay = lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    return lr_scheduler.ChainedScheduler([warmup, decay])
+def multistep_lr(step: int, base_lr: float, cfg: ScheduleConfig) -> float:
+    """The lr during `step` (0-based, in cfg.unit): warm-up, then x gamma at each milestone."""
+    lr = base_lr * cfg.gamma ** sum(step >= m for m in cfg.milestones)
+    if step < cfg.warmup:
+        if cfg.warmup_kind == "constant":
+            return lr * cfg.warmup_factor
+        return lr * (cfg.warmup_factor + (1 - cfg.warmup_factor) * step / cfg.warmup)
+    return lr
+
+
+class LRSchedule:
+    """lr(iteration) for every kind; `on_eval(error)` drives kind "plateau" (torch's
+    ReduceLROnPlateau rule: mode min, absolute threshold, no cooldown)."""
+
+    def __init__(self, cfg: ScheduleConfig, base_lr: float, iters_per_epoch: int):
+        self.cfg, self.base_lr, self.iters_per_epoch = cfg, base_lr, iters_per_epoch
+        self.plateau_lr, self.best, self.bad_evals = base_lr, math.inf, 0
+
+    def step_of(self, iteration: int) -> int:
+        return iteration if self.cfg.unit == "iter" else iteration // self.iters_per_epoch
+
+    def lr(self, iteration: int) -> float:
+        if self.cfg.kind == "plateau":
+            return self.plateau_lr
+        return multistep_lr(self.step_of(iteration), self.base_lr, self.cfg)
+
+    def on_eval(self, error: float) -> None:
+        if self.cfg.kind != "plateau":
+            return
+        if error < self.best - self.cfg.plateau_threshold:
+            self.best, self.bad_evals = error, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals > self.cfg.plateau_patience:
+            self.plateau_lr *= self.cfg.gamma
+            self.bad_evals = 0
+
+    def state_dict(self) -> dict:
+        return {"plateau_lr": self.plateau_lr, "best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau_lr, self.best = float(state["plateau_lr"]), float(state["best"])
+        self.bad_evals = int(state["bad_evals"])
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 class EarlyStopper:

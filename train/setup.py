@@ -1,0 +1,69 @@
+"""What a run is built from, in one place: the model from the config, the precision settings
+(autocast, grad scaler, memory format), and a trained run's model read back from disk. Used by
+train/run.py, train/evaluate.py and the tools that read runs."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models import build_model
+from pipelines import num_classes
+from train import checkpoint as ckpt
+from train.config import Config, ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes on its device. CPU always runs fp32."""
+
+    amp_dtype: torch.dtype | None  # autocast dtype on CUDA; None = fp32
+    memory_format: torch.memory_format
+    device_type: str
+
+    def autocast(self):
+        """A fresh autocast context for one forward pass."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 only (a no-op otherwise)."""
+        return torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+
+def precision(cfg: Config, device: torch.device) -> Precision:
+    cuda = device.type == "cuda"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp) if cuda else None
+    if cfg.data.dtype == "bfloat16" and amp is not torch.bfloat16:
+        raise ConfigError("data.dtype=bfloat16 needs CUDA with run.amp=bf16; "
+                          f"here device={device}, run.amp={cfg.run.amp}")
+    layout = torch.channels_last if cuda and cfg.data.channels_last else torch.contiguous_format
+    return Precision(amp, layout, device.type)
+
+
+def model_for(cfg: Config, device: torch.device) -> nn.Module:
+    """The config's model, freshly initialised (torch's RNG), on `device` in its layout."""
+    model = build_model(cfg.model.name, num_classes(cfg.data.dataset),
+                        shortcut=cfg.model.shortcut,
+                        zero_init_residual=cfg.model.zero_init_residual,
+                        stride_in_1x1=cfg.model.stride_in_1x1)
+    return model.to(device, memory_format=precision(cfg, device).memory_format)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best.pt", overrides=(),
+             device: str | None = None) -> tuple[Config, nn.Module]:
+    """(config, model in eval mode) of a finished or running run: RUN_DIR/config.yaml with
+    `key=value` overrides, weights from RUN_DIR/<checkpoint>. device: None = run.device."""
+    from train.distributed import resolve_device
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
+    if device is not None:
+        cfg.run.device = device
+    model = model_for(cfg, resolve_device(cfg.run.device))
+    ckpt.load_model_state(model, ckpt.load_checkpoint(run_dir / checkpoint)["model"])
+    return cfg, model.eval()
