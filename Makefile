@@ -1,13 +1,14 @@
-# respipe: `make install` then `make test`. See README.md.
+# respipe: `make install` then `make test`. See README.md ("Set up", "Dependencies").
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DATA   ?= data/records
-# Debian packages FFCV compiles and links against (shared/FINDINGS.md).
+# Debian packages FFCV compiles and links against at run time (README.md, "Dependencies").
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: install test test-fast quickstart dataset-cifar10 dataset-cifar100 dataset-imagenet clean
+.PHONY: install lint test test-fast quickstart dataset-cifar10 dataset-cifar100 dataset-imagenet \
+        clean
 
 install: $(VENV)/.installed
 
@@ -18,13 +19,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# FFCV 1.0.2 only ships an sdist that future setuptools will refuse: build it with ours.
 	$(PIP) install -q "setuptools>=68,<81" wheel numpy pkgconfig
 	$(PIP) install -q --no-build-isolation ffcv==1.0.2
-	$(PIP) install -q -e '.[test,dali,ffcv]'
-	$(PY) -c "import torch, torchvision, ffcv, nvidia.dali; print('installed: torch', torch.__version__, 'torchvision', torchvision.__version__, 'ffcv', ffcv.__version__, 'dali', nvidia.dali.__version__)"
+	# Dependencies only: the code stays in this folder (pyproject.toml, [tool.setuptools]).
+	$(PIP) install -q '.[test,dali,ffcv]'
+	$(PY) -c "import importlib.metadata as m, ffcv, nvidia.dali; print('installed:', *(f'{p} {m.version(p)}' for p in ('torch', 'torchvision', 'ffcv', 'nvidia-dali-cuda130')))"
 	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test: install
 	$(PY) -m pytest -q
 
+# Every module, without the long tests (real CIFAR-10, many-epoch statistics, kill/resume).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
@@ -37,8 +43,11 @@ dataset-cifar100: install
 dataset-imagenet: install
 	$(PY) tools/convert.py imagenet --src $(IMAGENET_SRC) --out $(DATA)
 
+# The main job: CIFAR-10 records if they are missing (download, or CIFAR10_SRC=...), then
+# ResNet-20 for 900 iterations; prints where the curves and the summary are.
+quickstart: install
+	test -f $(DATA)/cifar10/manifest.json || $(MAKE) dataset-cifar10
+	$(PY) train/run.py configs/quickstart.yaml data.root=$(DATA)/cifar10 $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
-
-quickstart: install
-	$(PY) train/run.py configs/quickstart.yaml

@@ -7,9 +7,10 @@ follow torchvision (conv1/bn1/layer1..4/fc, downsample.0/.1), so option-B ImageN
 torchvision's state_dicts and vice versa.
 
 Shortcut options:
-  "A"     identity; where the shape changes, stride-2 subsampling plus zero channels (paper option A)
-  "A-avg" identity; where the shape changes, 2x2 average pooling plus zero channels (seed 000's
-          "with identity")
+  "A"     identity; where the shape changes, stride-2 subsampling plus zero channels
+          (paper option A)
+  "A-avg" identity; where the shape changes, 2x2 average pooling plus zero channels
+          (seed 000's "with identity")
   "B"     identity, 1x1 conv + BN projection only where the shape changes
   "C"     1x1 conv + BN projection on every block
   "none"  no shortcut at all: the block returns relu(F(x)) and adds nothing (the paper's plain
@@ -21,8 +22,8 @@ Shortcut options:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -8,12 +8,16 @@ iterations of the same job and must bring the training loss down clearly.
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from train.metrics import read_metrics
 from train.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Measured on this machine (native backend, 1 thread, 2 shared cores): 67.47% test accuracy with
 # run.seed=0, 70.35% with run.seed=1. The floor leaves room for seeds and for thread counts,
@@ -66,3 +70,21 @@ def test_record_backends_train(cifar10_records, tmp_path, backend):
     main(job(cifar10_records, tmp_path, backend, f"data.backend={backend}", "schedule.total=300",
              "schedule.milestones=[]"))
     loss_falls(tmp_path / backend, 300)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_make_quickstart_converts_then_trains(cifar10_tar, tmp_path):
+    """The README's main job in one command: records missing -> converted, then trained, and
+    the paths of the curves and the summary printed (20 iterations here, not 900)."""
+    data, runs = tmp_path / "records", tmp_path / "runs"
+    args = (f"schedule.total=20 schedule.milestones=[] run.device=cpu run.out_dir={runs} "
+            "run.name=qs run.log_every=10")
+    proc = subprocess.run(["make", "quickstart", f"DATA={data}", f"CIFAR10_SRC={cifar10_tar}",
+                           f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=850)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (data / "cifar10" / "manifest.json").is_file()
+    assert f"curves:  {runs / 'qs' / 'curves.png'}" in proc.stdout
+    assert f"summary: {runs / 'qs' / 'summary.json'}" in proc.stdout
+    assert (runs / "qs" / "curves.png").is_file() and (runs / "qs" / "summary.json").is_file()
