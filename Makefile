@@ -16,12 +16,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	bash .ci/ffcv-debs.sh $(FFCV_DEBS)
-	# FFCV 1.0.2 only ships an sdist that future setuptools will refuse: build it with ours.
+	# FFCV 1.0.2 only ships an sdist that future setuptools will refuse: build it with ours,
+	# patched to decode JPEGs with the accurate DCT (its fast one shifts colours; see the script).
 	$(PIP) install -q "setuptools>=68,<81" wheel numpy pkgconfig
-	$(PIP) install -q --no-build-isolation ffcv==1.0.2
+	bash .ci/ffcv-install.sh $(PIP) build/ffcv
 	# Dependencies only: the code stays in this folder (pyproject.toml, [tool.setuptools]).
 	$(PIP) install -q '.[test,dali,ffcv]'
 	$(PY) -c "import importlib.metadata as m, ffcv, nvidia.dali; print('installed:', *(f'{p} {m.version(p)}' for p in ('torch', 'torchvision', 'ffcv', 'nvidia-dali-cuda130')))"
+	$(PY) .ci/ffcv-check.py
 	touch $@
 
 lint: install
