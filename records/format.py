@@ -191,13 +191,12 @@ def read_manifest(root: str | Path, dataset: str | None = None) -> dict:
     return manifest
 
 
-def write_manifest(root: str | Path, manifest: dict) -> Path:
-    """Validate, then write atomically (temporary file, fsync, rename): readers never see half."""
-    path = Path(root) / MANIFEST
-    validate(manifest, path)
+def write_json_atomic(path: str | Path, data) -> Path:
+    """Write JSON through a temporary file, fsync and rename: readers never see half a file."""
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
+        json.dump(data, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -207,6 +206,13 @@ def write_manifest(root: str | Path, manifest: dict) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def write_manifest(root: str | Path, manifest: dict) -> Path:
+    """Validate, then write atomically."""
+    path = Path(root) / MANIFEST
+    validate(manifest, path)
+    return write_json_atomic(path, manifest)
 
 
 def split_count(manifest: dict, split: str) -> int:

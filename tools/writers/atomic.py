@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from records import format as fmt
-from records.format import MANIFEST
+from records.format import MANIFEST, write_json_atomic
 
 TMP_MARK = ".tmp-"
 PROGRESS = ".progress"
@@ -43,16 +43,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class HashingWriter:
@@ -133,6 +123,15 @@ class OutputDir:
         if record is None or not final.is_file() or final.stat().st_size != record["size"]:
             return None
         return record if sha256_file(final) == record["sha256"] else None
+
+    def reuse_or_write(self, rel: str, write) -> tuple[str, float | None]:
+        """sha256 of `rel`: a finished file's, reused; else what `write()` returns, and its seconds."""
+        done = self.done(rel)
+        if done:
+            return done["sha256"], None
+        t0 = time.perf_counter()
+        sha256 = write()
+        return sha256, time.perf_counter() - t0
 
     def commit(self, rel: str, tmp: Path, sha256: str | None = None, **info) -> str:
         """fsync and rename tmp to its final name, then record it as done."""

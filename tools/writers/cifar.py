@@ -1,7 +1,7 @@
 """CIFAR tarball -> "arrays" (.npy) + "ffcv" (raw, lossless .beton), one atomic output at a time."""
 from __future__ import annotations
 
-import time
+from functools import partial
 
 import numpy as np
 
@@ -52,13 +52,11 @@ def convert_cifar(dataset, tar_path, root, *, formats, workers, allow_subset, so
                 name = fmt.format_of(rel)
                 if name not in formats:
                     continue
-                done = out.done(rel)
-                if done:
-                    files[rel] = done["sha256"]
+                files[rel], seconds = out.reuse_or_write(
+                    rel, partial(_write, out, rel, images, labels, workers))
+                if seconds is None:
                     continue
-                t0 = time.perf_counter()
-                files[rel] = _write(out, rel, images, labels, workers)
-                report[name]["seconds"] += time.perf_counter() - t0
+                report[name]["seconds"] += seconds
                 report[name]["images"] += 0 if rel.endswith("_labels.npy") else len(labels)
             splits[split] = {"count": len(labels), "per_class": np.bincount(
                 labels, minlength=len(data.classes)).tolist()}

@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import Pool
 
 import numpy as np
@@ -190,15 +191,12 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
             rel = fmt.beton_rel(split)
             if "ffcv" not in formats:
                 continue
-            done = out.done(rel)
-            if done:
-                files[rel] = done["sha256"]
-                continue
-            t0 = time.perf_counter()
-            files[rel] = write_beton(out, rel, _Kept(r.kept, max_side[split]), workers=workers,
-                                     jpeg_quality=jpeg_quality, page_size=page_size_for(r.max_raw))
-            report["ffcv"]["seconds"] += time.perf_counter() - t0
-            report["ffcv"]["images"] += len(r.kept)
+            files[rel], seconds = out.reuse_or_write(rel, partial(
+                write_beton, out, rel, _Kept(r.kept, max_side[split]), workers=workers,
+                jpeg_quality=jpeg_quality, page_size=page_size_for(r.max_raw)))
+            if seconds is not None:
+                report["ffcv"]["seconds"] += seconds
+                report["ffcv"]["images"] += len(r.kept)
         out.remove_stale(set(files), under=fmt.FORMATS["imagenet"])
         splits_info = {split: {"count": len(r.kept), "per_class": r.per_class.tolist(),
                                "shard_size": r.shard_size,
