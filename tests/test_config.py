@@ -171,9 +171,10 @@ def test_wrong_types_name_key_and_value(override, message):
     ("schedule.milestones=[200]", r"inside \(0, schedule.total=180\)"),
     ("optim.lr=-0.1", r"optim.lr=-0.1: must be >= 0"),
     ("run.log_every=0", r"run.log_every=0: must be >= 1"),
-    ("data.batch_size=0", r"^config: data.batch_size=0: must be >= 1$"),
+    ("data.batch_size=0", r"^override 'data.batch_size=0': data.batch_size=0: must be >= 1$"),
     ("data.eval_batch_size=-1", r"data.eval_batch_size=-1: must be >= 1"),
-    ("data.aug.flip_p=2.0", r"^config: data.aug.flip_p=2.0: expected a probability in \[0, 1\]$"),
+    ("data.aug.flip_p=2.0",
+     r"^override 'data.aug.flip_p=2.0': data.aug.flip_p=2.0: expected a probability in \[0, 1\]$"),
 ])
 def test_bad_values_name_key_and_value(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -6,13 +6,24 @@ optimizer/scheduler/scaler states, the config as a dict, the loader position and
 """
 from __future__ import annotations
 
-import os
+import io
+import pickle
 import random
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from train.files import RunError, atomic_write
+
+LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+
+
+class CheckpointError(RunError):
+    """A checkpoint file that cannot be read; the message names it and says why."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -66,22 +77,61 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def save_atomic(obj: dict, path: str | Path) -> None:
-    """torch.save to a temporary file, then os.replace: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def save_atomic(obj: dict, path: str | Path, previous: str | Path | None = None) -> None:
+    """torch.save, written atomically (files.atomic_write). previous: where the file at `path`
+    moves once the new one is whole, so a damaged newest checkpoint still leaves one to use."""
+    buffer = io.BytesIO()  # serialize first: a full disk then fails a plain write, with errno
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer(), previous=previous)
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch could not load `path`, without torch's advice to load it unsafely."""
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip()
+                      and "weights_only" not in line and not line.startswith("Check the doc"))
+    if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in detail:
+        return (f"it asks to run code when loaded ({detail}); refused, nothing was run: "
+                "a respipe checkpoint holds only tensors and plain values")
+    return f"it is truncated or not a checkpoint ({type(error).__name__}: {detail or '-'})"
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint at `path`, loaded with weights_only=True (it can run no code)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint here")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of a bad file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot load: {_unreadable(path, error)}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: cannot load: it holds a {type(obj).__name__}, not a "
+                              "checkpoint (a dict)")
+    return obj
+
+
+def load_for_resume(run_dir: Path, warn: Callable[[str], None] = print) -> dict:
+    """RUN_DIR/last.pt; if it is missing or unreadable, last.prev.pt (the one before it) with
+    a warning; if neither loads, an error that names both and the way on."""
+    last, previous = run_dir / LAST, run_dir / PREVIOUS
+    try:
+        return load_checkpoint(last)
+    except (CheckpointError, FileNotFoundError) as error:
+        problem = str(error)
+    try:
+        resumed = load_checkpoint(previous)
+    except (CheckpointError, FileNotFoundError) as error:
+        best = run_dir / BEST
+        way = (f"continue from the best model's checkpoint instead: --resume {best}"
+               if best.is_file() else "start a new run (another run.name)")
+        raise CheckpointError(f"cannot resume {run_dir}: {problem}; {error}; {way}") from None
+    warn(f"warning: {problem}; resuming from {previous} (iteration "
+         f"{resumed['state']['iteration']}) instead")
+    return resumed
 
 
 def load_model_state(model: nn.Module, state: dict) -> None:

@@ -265,7 +265,9 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
-    values = {} if values is None else values
+    if values is None:
+        raise ConfigError(f"{path}: the file is empty (an unsaved editor buffer, or the wrong "
+                          "file?); a config sets its keys, or starts from `base: other.yaml`")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
     _check_keys({k: v for k, v in values.items() if k != "base"}, str(path))
@@ -305,10 +307,28 @@ def from_dict(values: dict, source: str = "config") -> Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Config from a YAML file (None = all defaults) plus CLI overrides, validated."""
+    """Config from a YAML file (None = all defaults) plus CLI overrides, validated. An invalid
+    value is reported against the file, or against the override that brought it in."""
+    source = str(path) if path is not None else "config"
     values = read_yaml(path) if path is not None else {}
-    values = apply_overrides(values, list(overrides))
-    return from_dict(values, str(path) if path is not None else "config")
+    overrides = list(overrides)
+    try:
+        return from_dict(apply_overrides(values, overrides), source)
+    except ConfigError as error:
+        culprit = _culprit(values, overrides, source)
+        if culprit == source:
+            raise
+        raise ConfigError(f"{culprit}: {str(error).removeprefix(source + ': ')}") from None
+
+
+def _culprit(values: dict, overrides: list[str], source: str) -> str:
+    """The file, or the first override, whose addition makes the config invalid."""
+    for n in range(len(overrides) + 1):
+        try:
+            from_dict(apply_overrides(values, overrides[:n]), source)
+        except ConfigError:
+            return source if n == 0 else f"override {overrides[n - 1]!r}"
+    return source
 
 
 def to_dict(cfg) -> dict:

@@ -25,6 +25,7 @@ from pipelines import build_loader, report_split
 from pipelines.spec import EVAL_MODES
 from records.format import RecordsError
 from train.config import ConfigError
+from train.files import RunError
 from train.loop import accumulate, metrics_from_sums, predict
 from train.metrics import write_json
 from train.setup import load_run, precision
@@ -57,6 +58,10 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not (args.run_dir / args.checkpoint).is_file() and (args.run_dir / "last.pt").is_file():
+        raise FileNotFoundError(
+            f"{args.run_dir / args.checkpoint}: no such checkpoint (a run writes best.pt at its "
+            f"first evaluation); evaluate its latest weights with --checkpoint last.pt")
     cfg, model = load_run(args.run_dir, args.checkpoint, args.overrides)
     device = next(model.parameters()).device
     prec = precision(cfg, device)
@@ -85,5 +90,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, RecordsError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, RunError, RecordsError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,8 @@ class TrainState:
     images: int = 0  # training images seen, all ranks
     train_time: float = 0.0  # seconds spent in train_one_epoch
     elapsed: float = 0.0  # wall seconds of the whole run before this process started
+    # this epoch's train [loss sum, correct, count] so far: a mid-epoch resume continues them
+    epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +67,7 @@ def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, prec
     """Train from (state.epoch, state.batch) to the end of the epoch, or until total_iters or
     a requested stop (after the current step; under DDP at the next log step, agreed across
     ranks). The lr of every step is schedule.lr(iteration). Returns the epoch's train
-    loss/error over the iterations run here, and `stopped`."""
+    loss/error (over all its iterations, those before a resume included), and `stopped`."""
     model.train()
     device = env.device
     device_sync(device)
@@ -74,7 +76,9 @@ def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, prec
     batches = iter(loader)
     # [loss sum, correct, count, stop votes]: device accumulators, read at log steps only
     sums = torch.zeros(4, device=device)
-    epoch_sums = torch.zeros(3, dtype=torch.float64)
+    if state.batch == 0:
+        state.epoch_sums = [0.0, 0.0, 0.0]
+    epoch_sums = torch.tensor(state.epoch_sums, dtype=torch.float64)
     bar = tqdm(total=len(loader), initial=state.batch, disable=not settings.progress,
                desc=f"epoch {state.epoch}", leave=False, dynamic_ncols=True)
     last_images, stopped = state.images, False
@@ -113,6 +117,7 @@ def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, prec
                 raise NonFiniteLoss(f"training loss is {loss_sum / count} at iteration "
                                     f"{state.iteration} (epoch {state.epoch})")
             epoch_sums += torch.tensor([loss_sum, correct, count], dtype=torch.float64)
+            state.epoch_sums = epoch_sums.tolist()
             now = time.perf_counter()
             record = {"loss": loss_sum / count, "error": 100.0 * (1 - correct / count),
                       "lr": lr,

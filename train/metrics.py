@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from train.files import atomic_write
 
 METRICS = "metrics.jsonl"
 
@@ -32,9 +33,7 @@ class MetricsLog:
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("iter", 0) <= iteration
                 and json.loads(line).get("kind") != "test"]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text("".join(line + "\n" for line in kept), self.path)
 
     def log(self, kind: str, iteration: int, **values) -> dict:
         record = {"kind": kind, "iter": iteration, **values}
@@ -78,17 +77,13 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_text(text: str, path: str | Path) -> None:
     """Write via a temporary file and os.replace: readers never see half a file."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 def write_json(obj: dict, path: str | Path) -> None:

@@ -30,7 +30,9 @@ from pipelines import build_loader, report_split, selection_split
 from records.format import RecordsError
 from train import checkpoint as ckpt
 from train import distributed
+from train.checkpoint import BEST, LAST, PREVIOUS
 from train.config import Config, ConfigError, dump_config, load_config, to_dict
+from train.files import RunError, RunLock, set_aside
 from train.loop import (
     LoopSettings,
     NonFiniteLoss,
@@ -63,8 +65,10 @@ def parse_args(argv):
                "data.backend=ffcv schedule.milestones=[30,60]")
     parser.add_argument("args", nargs="*", metavar="CONFIG.yaml | key=value")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue RUN_DIR from its last.pt (config: RUN_DIR/config.yaml "
-                             "unless a config file is given)")
+                        help="continue RUN_DIR from its last.pt (or last.prev.pt, should "
+                             "last.pt be unreadable), or from a checkpoint named as "
+                             "RUN_DIR/best.pt (config: RUN_DIR/config.yaml unless a config "
+                             "file is given)")
     args = parser.parse_args(argv)
     configs = [a for a in args.args if "=" not in a]
     args.overrides = [a for a in args.args if "=" in a]
@@ -76,26 +80,38 @@ def parse_args(argv):
     return args
 
 
-def resolve_config(args) -> tuple[Config, Path | None, dict | None]:
-    """The config, the run directory (None: name it later) and the checkpoint to resume."""
+def resolve_config(args) -> tuple[Config, Path | None, Path | None]:
+    """The config, the run directory (None: name it later) and the checkpoint file named by
+    --resume (None: a new run, or RUN_DIR's last.pt)."""
     if args.resume is None:
         cfg = load_config(args.config, args.overrides)
         if cfg.run.name is None:
             return cfg, None, None
         return cfg, Path(cfg.run.out_dir) / cfg.run.name, None
-    run_dir = Path(args.resume)
+    resume = Path(args.resume)
+    run_dir, checkpoint = (resume.parent, resume) if resume.suffix == ".pt" else (resume, None)
+    if not run_dir.is_dir():
+        raise RunError(f"--resume {resume}: no such run directory")
     cfg = load_config(args.config or run_dir / "config.yaml", args.overrides)
-    return cfg, run_dir, ckpt.load_checkpoint(run_dir / "last.pt")
+    return cfg, run_dir, checkpoint
 
 
 def new_run_dir(cfg: Config, config_path: str | None) -> Path:
     stem = Path(config_path).stem if config_path else "run"
-    name = cfg.run.name or f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
-    if (run_dir / "last.pt").exists():
+    return Path(cfg.run.out_dir) / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def clear_for_new_run(run_dir: Path) -> None:
+    """A new run never writes over another's files: a directory with a checkpoint is refused;
+    the records of a run that died before its first checkpoint (nothing to resume) are moved
+    into RUN_DIR/aborted-<n>."""
+    if any((run_dir / name).is_file() for name in (LAST, PREVIOUS)):
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                           "or pick another run.name")
-    return run_dir
+    aside = set_aside(run_dir)
+    if aside is not None:
+        tqdm.write(f"note: {run_dir} held the records of a run that saved no checkpoint; "
+                   f"moved them to {aside}")
 
 
 def seed_everything(seed: int) -> None:
@@ -130,29 +146,58 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path | None, resumed: dict | None,
-                 config_path: str | None = None):
+    def __init__(self, cfg: Config, run_dir: Path | None, resume: bool = False,
+                 config_path: str | None = None, checkpoint: Path | None = None):
+        """resume: continue run_dir from `checkpoint`, or from its last.pt (else last.prev.pt)."""
         self.cfg = cfg
         self.env = distributed.setup(cfg.run.device)
-        self.run_dir = self.create_run_dir(run_dir, config_path)
-        self.precision = self.configure_device()
-        self.train_loader, self.val_loader = self.create_loaders()
-        self.raw_model, self.model, self.eval_model = self.create_model()
-        self.optimizer, self.schedule, self.scaler = self.create_optimizer()
-        self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
-        self.best, self.time_to_target, self.saved_iter = None, None, None
-        if resumed is not None:
-            self.restore(resumed)
-        self.log = self.create_logger(resumed is not None)
+        self.run_dir, self.lock = self.create_run_dir(run_dir, config_path, resume)
+        try:
+            resumed = self.load_resumed(checkpoint) if resume else None
+            self.precision = self.configure_device()
+            self.train_loader, self.val_loader = self.create_loaders()
+            self.raw_model, self.model, self.eval_model = self.create_model()
+            self.optimizer, self.schedule, self.scaler = self.create_optimizer()
+            self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
+            self.best, self.time_to_target, self.saved_iter = None, None, None
+            if resumed is not None:
+                self.restore(resumed)
+            self.log = self.create_logger(resumed is not None)
+        except BaseException:
+            self.release()
+            raise
         self.clock0 = time.perf_counter() - self.state.elapsed
 
     # ---- set-up, in the order __init__ calls it
-    def create_run_dir(self, run_dir: Path | None, config_path: str | None) -> Path:
-        if run_dir is None:  # named by rank 0 (a timestamp), the same on every rank
-            run_dir = Path(distributed.broadcast_object(
-                str(new_run_dir(self.cfg, config_path)), self.env))
+    def create_run_dir(self, run_dir: Path | None, config_path: str | None,
+                       resume: bool) -> tuple[Path, RunLock | None]:
+        """Rank 0 names the run directory (a timestamp unless run.name is set), locks it (one
+        run at a time) and, for a new run, clears it (clear_for_new_run); every rank gets the
+        name, or rank 0's error."""
+        lock, error = None, None
+        if self.env.is_main:
+            try:
+                run_dir = run_dir or new_run_dir(self.cfg, config_path)
+                lock = RunLock(run_dir)
+                if not resume:
+                    clear_for_new_run(run_dir)
+            except (ConfigError, RunError) as refused:
+                error = refused
+                if lock is not None:
+                    lock.release()
+        run_dir, error = distributed.broadcast_object((run_dir, error), self.env)
+        if error is not None:
+            raise error
         self.cfg.run.out_dir, self.cfg.run.name = str(run_dir.parent), run_dir.name
-        return run_dir
+        return run_dir, lock
+
+    def load_resumed(self, checkpoint: Path | None) -> dict:
+        if checkpoint is not None:
+            return ckpt.load_checkpoint(checkpoint)
+        def warn(message):
+            if self.env.is_main:
+                print(message, file=sys.stderr, flush=True)
+        return ckpt.load_for_resume(self.run_dir, warn)
 
     def configure_device(self):
         if self.cfg.run.threads:
@@ -258,7 +303,7 @@ class Trainer:
                         status = "early_stopped"
                         break
         except NonFiniteLoss as error:
-            where = (f"{self.run_dir / 'last.pt'} (iteration {self.saved_iter}) is the last "
+            where = (f"{self.run_dir / LAST} (iteration {self.saved_iter}) is the last "
                      "good checkpoint" if self.saved_iter is not None
                      else "no checkpoint was written")
             message = f"stopping: {error}; {where}"
@@ -304,9 +349,15 @@ class Trainer:
                          "saved_iter": self.saved_iter},
             "rng": ckpt.rng_state(),
         }
-        ckpt.save_atomic(payload, self.run_dir / "last.pt")
-        if best:
-            ckpt.save_atomic(payload, self.run_dir / "best.pt")
+        try:
+            ckpt.save_atomic(payload, self.run_dir / LAST, previous=self.run_dir / PREVIOUS)
+            if best:
+                ckpt.save_atomic(payload, self.run_dir / BEST)
+        except RunError as error:  # a full disk: the files on disk are whole
+            if not (self.run_dir / LAST).is_file():
+                raise
+            raise RunError(f"{error}; then --resume {self.run_dir} continues from its last "
+                           "checkpoint") from error
 
     def epoch_line(self, epoch: int, result: dict, val: dict | None) -> str:
         state = self.state
@@ -332,7 +383,7 @@ class Trainer:
         best = final
         if self.best is not None and self.best["iteration"] != self.state.iteration:
             final_state = {k: v.clone() for k, v in self.raw_model.state_dict().items()}
-            best_ckpt = ckpt.load_checkpoint(self.run_dir / "best.pt")
+            best_ckpt = ckpt.load_checkpoint(self.run_dir / BEST)
             ckpt.load_model_state(self.raw_model, best_ckpt["model"])
             best = evaluate(self.eval_model, loader, self.precision, self.env)
             self.record(split, which="best", **best)
@@ -347,8 +398,7 @@ class Trainer:
         if not env.is_main:
             return None
         if self.val_loader is None:  # nothing to choose by: the final model is the best
-            ckpt.save_atomic(ckpt.load_checkpoint(self.run_dir / "last.pt"),
-                             self.run_dir / "best.pt")
+            ckpt.save_atomic(ckpt.load_checkpoint(self.run_dir / LAST), self.run_dir / BEST)
         wall = time.perf_counter() - self.clock0
         tta = self.time_to_target
         device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
@@ -383,20 +433,30 @@ class Trainer:
     def close(self, result: Result) -> Result:
         if self.log is not None:
             self.log.close()
+        self.release()
         distributed.cleanup(self.env)
         return result
+
+    def release(self) -> None:
+        """Unlock the run directory (the end of the process would, too)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def main(argv=None) -> Result:
     args = parse_args(argv)
-    cfg, run_dir, resumed = resolve_config(args)
-    return Trainer(cfg, run_dir, resumed, args.config).fit()
+    cfg, run_dir, checkpoint = resolve_config(args)
+    trainer = Trainer(cfg, run_dir, args.resume is not None, args.config, checkpoint)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.release()  # also when fit raises: another run in this process may follow
 
 
 if __name__ == "__main__":
     try:
         sys.exit(EXIT_CODES[main().status])
-    except (ConfigError, RecordsError, FileNotFoundError, ImportError) as error:
+    except (ConfigError, RunError, RecordsError, FileNotFoundError, ImportError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint on disk stays valid
         sys.exit(130)

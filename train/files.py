@@ -1,0 +1,98 @@
+"""The run directory's files: one run at a time (a lock), whole files only (atomic writes under
+unique temporary names), and the records of a run that never checkpointed, set aside."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+LOCK = ".lock"
+# what a run writes besides checkpoints; set aside when a new run starts in the directory
+RECORDS = ("config.yaml", "metrics.jsonl", "events.out.tfevents.*", "best.pt", "curves.png",
+           "summary.json", "eval_*.json")
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked; the message names the file and the way on."""
+
+
+class RunLock:
+    """An exclusive flock on RUN_DIR/.lock holding the owner's pid. The kernel releases it when
+    the process ends, however it ends, so a lock left by a killed run never blocks."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RunError(f"{self.path.parent} is in use by another run (pid {owner}); wait "
+                           "for it to end, or pick another run.name") from None
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # closing drops the flock
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def atomic_write(path: str | Path, data: bytes | memoryview | Callable,
+                 previous: str | Path | None = None) -> None:
+    """Write `data` (bytes, or a function that writes to a binary file) to a temporary file
+    beside `path` under a name no other process uses, then os.replace: readers see the old file
+    or the new one, never half of one. previous: once the new file is whole, the old one moves
+    there (kept as a fallback). On failure the temporary is removed; a full disk is reported
+    with the path and the free space."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if previous is not None and path.is_file():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            need = "" if callable(data) else f" ({size_text(len(data))})"
+            free = size_text(shutil.disk_usage(path.parent).free)
+            raise RunError(f"cannot write {path}{need}: no space left on the device, {free} "
+                           f"free in {path.parent}; free some space there") from error
+        raise
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move a run's records (no checkpoints) into RUN_DIR/aborted-<n>, the first free n, so a
+    new run in RUN_DIR never mixes its records with them. None when there were none."""
+    found = [p for pattern in RECORDS for p in sorted(Path(run_dir).glob(pattern))]
+    if not found:
+        return None
+    n = 1
+    while (run_dir / f"aborted-{n}").exists():
+        n += 1
+    aside = run_dir / f"aborted-{n}"
+    aside.mkdir()
+    for p in found:
+        os.replace(p, aside / p.name)
+    return aside
