@@ -11,6 +11,7 @@ import builtins
 import errno
 import inspect
 import os
+import random
 import re
 import shutil
 import signal
@@ -214,8 +215,8 @@ def _write_code_pickle(path: Path, marker: Path) -> None:
 @pytest.mark.parametrize("damage, why", [
     ("truncated", r"it is truncated or not a checkpoint \(RuntimeError: PytorchStreamReader"),
     ("empty", r"it is empty \(0 bytes\)"),
-    ("random", r"it is truncated or not a checkpoint \(UnpicklingError: Unsupported operand"),
-    ("code", r"it asks to run code when loaded \(.*GLOBAL .*mkdir.*\); refused, nothing was run"),
+    ("random", r"it is truncated or not a checkpoint \(\w+: \S"),
+    ("code", r"it asks to run code when loaded \(posix.mkdir\); refused, nothing was run"),
 ])
 def test_damaged_checkpoint_is_named_without_unsafe_advice(run, damage, why):
     last, marker = run / "last.pt", run / "ran"
@@ -225,14 +226,15 @@ def test_damaged_checkpoint_is_named_without_unsafe_advice(run, damage, why):
     elif damage == "empty":
         last.write_bytes(b"")
     elif damage == "random":
-        last.write_bytes(os.urandom(4096))
+        last.write_bytes(random.Random(0).randbytes(4096))
     else:
         _write_code_pickle(last, marker)
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(last)
     message = str(error.value)
     assert message.startswith(f"{last}: cannot load: ") and re.search(why, message)
-    assert "weights_only" not in message and not marker.exists()
+    assert "weights_only" not in message and "safe_globals" not in message
+    assert not marker.exists()
 
 
 def test_resume_falls_back_to_the_previous_checkpoint(run, capsys):
@@ -248,7 +250,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(run, capsys):
 
 def test_resume_with_no_loadable_checkpoint_names_both_and_the_way_on(run, capsys):
     (run / "best.pt").write_bytes((run / "last.pt").read_bytes())
-    (run / "last.pt").write_bytes(os.urandom(100))
+    (run / "last.pt").write_bytes(random.Random(1).randbytes(100))
     (run / "last.prev.pt").write_bytes(b"")
     with pytest.raises(CheckpointError) as error:
         main(["--resume", str(run)])

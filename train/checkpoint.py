@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -89,12 +90,16 @@ def _unreadable(path: Path, error: Exception) -> str:
     """Why torch could not load `path`, without torch's advice to load it unsafely."""
     if path.stat().st_size == 0:
         return "it is empty (0 bytes)"
-    detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip()
+    text = str(error)
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    if isinstance(error, pickle.UnpicklingError) and code:
+        return (f"it asks to run code when loaded ({code[1]}); refused, nothing was run: a "
+                "respipe checkpoint holds only tensors and plain values")
+    # torch's own text, less its advice on loading the file unsafely
+    detail = " ".join(line.strip() for line in text.splitlines() if line.strip()
                       and "weights_only" not in line and not line.startswith("Check the doc"))
-    if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in detail:
-        return (f"it asks to run code when loaded ({detail}); refused, nothing was run: "
-                "a respipe checkpoint holds only tensors and plain values")
-    return f"it is truncated or not a checkpoint ({type(error).__name__}: {detail or '-'})"
+    detail = detail.split(". ")[0] or "-"
+    return f"it is truncated or not a checkpoint ({type(error).__name__}: {detail})"
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -106,7 +111,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         with warnings.catch_warnings():  # torch's note on the pickle protocol of a bad file
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except OSError:
+        raise
+    except Exception as error:  # a damaged file fails in many ways, none of them safe to retry
         raise CheckpointError(f"{path}: cannot load: {_unreadable(path, error)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: cannot load: it holds a {type(obj).__name__}, not a "
