@@ -266,6 +266,11 @@ def test_resume_with_no_loadable_checkpoint_names_both_and_the_way_on(run, capsy
     (run / "last.prev.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"start a new run \(another run.name\)$"):
         main(["--resume", str(run)])
+    (run / "last.pt").unlink()
+    (run / "last.prev.pt").unlink()
+    with pytest.raises(CheckpointError, match=rf"{run / 'last.pt'}: no checkpoint here; .*"
+                                              r"start it again without --resume"):
+        main(["--resume", str(run)])
 
 
 # ------------------------------------------------------------------ 5: the disk fills up

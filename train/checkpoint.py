@@ -133,8 +133,12 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None] = print) -> dict:
         resumed = load_checkpoint(previous)
     except (CheckpointError, FileNotFoundError) as error:
         best = run_dir / BEST
-        way = (f"continue from the best model's checkpoint instead: --resume {best}"
-               if best.is_file() else "start a new run (another run.name)")
+        if best.is_file():
+            way = f"continue from the best model's checkpoint instead: --resume {best}"
+        elif last.is_file() or previous.is_file():
+            way = "start a new run (another run.name)"
+        else:  # a run that died before its first checkpoint
+            way = f"start it again without --resume (its records move into {run_dir}/aborted-<n>)"
         raise CheckpointError(f"cannot resume {run_dir}: {problem}; {error}; {way}") from None
     warn(f"warning: {problem}; resuming from {previous} (iteration "
          f"{resumed['state']['iteration']}) instead")
