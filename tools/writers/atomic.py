@@ -125,7 +125,7 @@ class OutputDir:
         return record if sha256_file(final) == record["sha256"] else None
 
     def reuse_or_write(self, rel: str, write) -> tuple[str, float | None]:
-        """sha256 of `rel`: a finished file's, reused; else what `write()` returns, and its seconds."""
+        """sha256 of `rel`: a finished file's, reused; else `write()`'s, and its seconds."""
         done = self.done(rel)
         if done:
             return done["sha256"], None
