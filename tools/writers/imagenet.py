@@ -9,6 +9,7 @@ kept originals with the same function and lets FFCV JPEG-encode them once.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from records import format as fmt
 from ..datasets.imagenet import Item, load_source, read_item
 from ..datasets.images import BadImage, encode_jpeg, prepare
 from .atomic import OutputDir, fingerprint
+from .children import die_with_parent
 from .ffcv import import_ffcv, page_size_for, write_beton
 from .webdataset import ShardWriter
 
@@ -100,7 +102,7 @@ class Job:
         result = SplitResult(per_class=np.zeros(self.n_classes, dtype=np.int64), shard_size=size)
         tasks = [(items[i], max_side, self.quality, shards) for _, chunk in todo for i in chunk]
         if tasks:
-            with Pool(self.workers) as pool:
+            with Pool(self.workers, die_with_parent, (os.getpid(),)) as pool:
                 results = pool.imap(_scan, tasks, chunksize=4)
                 bar = tqdm(total=len(tasks), desc=f"{split} decode", unit="img", disable=None)
                 for k, chunk in todo:
