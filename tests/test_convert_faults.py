@@ -222,3 +222,20 @@ def test_disk_full_in_an_ffcv_worker(tmp_path, monkeypatch):
     out.close()
     assert not list(tmp_path.rglob("*.tmp-*")) and not path.exists()
     assert not multiprocessing.active_children()
+
+
+def test_imagenet_class_with_no_decodable_image_is_an_error(tmp_path):
+    from fixtures import make_imagenet_folder
+
+    src = make_imagenet_folder(tmp_path / "src", classes=2, per_class=2, val_per_class=1,
+                               oddities=False)
+    broken = sorted((src / "train").iterdir())[1]
+    for image in broken.iterdir():
+        image.write_bytes(b"not a JPEG")
+    names = "|".join(sorted(image.name for image in broken.iterdir()))
+    with pytest.warns(UserWarning, match="skipped"), pytest.raises(
+            ValueError, match=rf"train class {broken.name} has no decodable image: all 2 were "
+                              rf"skipped \(.*({names}).*\); a class must keep at least one"):
+        convert("imagenet", src, tmp_path / "out", formats=["webdataset"], allow_subset=True,
+                workers=1, quiet=True)
+    assert not (tmp_path / "out/imagenet" / fmt.MANIFEST).exists()
