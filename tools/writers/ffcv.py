@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from records.format import BETON_HEADER, beton_count  # noqa: F401  (verify counts with it)
+
 from .atomic import OutputDir, disk_full
 from .children import die_with_parent
 
 MIN_PAGE = 1 << 21  # ffcv.writer.MIN_PAGE_SIZE
-# Same layout as ffcv.types.HeaderType; lets `verify` count samples without importing ffcv/torch.
-BETON_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
-                         ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")], align=True)
 
 
 def import_ffcv():
@@ -47,10 +46,6 @@ def page_size_for(max_sample_bytes: int) -> int:
     """FFCV pages must hold the largest sample (else its worker raises and the writer hangs);
     a JPEG is smaller than its raw pixels except for tiny images, which the 2 MiB floor covers."""
     return max(MIN_PAGE, 1 << (max_sample_bytes + (1 << 16) - 1).bit_length())
-
-
-def beton_count(path: Path) -> int:
-    return int(np.fromfile(path, dtype=BETON_HEADER, count=1)[0]["num_samples"])
 
 
 def beton_payload(path: Path) -> int:

@@ -223,7 +223,7 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
         extra = {"class_names": source.class_names} if source.class_names else {}
         manifest = fmt.make_manifest(
             dataset="imagenet", formats=formats, source={"path": str(src), **source.identity},
-            settings=settings, classes=source.classes, splits=splits_info, files=files,
+            settings=settings, classes=source.classes, splits=splits_info, files=files, root=root,
             skipped=source.skipped + [s for r in results.values() for s in r.skipped],
             fingerprint=out.fingerprint, **extra)
         out.write_manifest(manifest)
