@@ -200,3 +200,12 @@ def test_sampled_digest_reads_a_few_blocks(tmp_path):
     assert check.sampled_digest(path) != digest
     path.write_bytes(b"short")
     assert len(check.sampled_digest(path)) == 32
+
+
+def test_verify_is_a_config_key():
+    from train.config import load_config
+
+    assert load_config("configs/quickstart.yaml", ["data.verify=full"]).data.verify == "full"
+    assert load_config("configs/quickstart.yaml").data.verify == "cheap"
+    with pytest.raises(ValueError, match=r"data.verify='sha': expected one of cheap, full"):
+        load_config("configs/quickstart.yaml", ["data.verify=sha"])
