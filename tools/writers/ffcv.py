@@ -64,8 +64,9 @@ SLEEP_ENV = "RESPIPE_CONVERT_TEST_FFCV_SLEEP"
 def _report(error_file: Path, where: str, err: BaseException) -> None:
     if not error_file.exists():  # the first error is the one to report
         code = f" [errno {err.errno}]" if isinstance(err, OSError) and err.errno else ""
-        error_file.write_text(f"{where}{type(err).__name__}: {err}{code}\n"
-                              + traceback.format_exc())
+        partial = error_file.with_name(f"{error_file.name}.{os.getpid()}")
+        partial.write_text(f"{where}{type(err).__name__}: {err}{code}\n" + traceback.format_exc())
+        os.replace(partial, error_file)  # the watchdog never reads half a report
 
 
 class _Guarded:
@@ -141,7 +142,7 @@ def _stop(writer, started: list, tmp: Path, error_file: Path) -> None:
     error_file.unlink(missing_ok=True)
 
 
-def _failure(path: Path, error_file: Path, started: list) -> RuntimeError:
+def _failure(path: Path, error_file: Path, started: list) -> Exception:
     if error_file.exists():
         message = error_file.read_text().splitlines()[0]
         if f"[errno {errno.ENOSPC}]" in message:
