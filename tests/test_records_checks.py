@@ -209,3 +209,17 @@ def test_verify_is_a_config_key():
     assert load_config("configs/quickstart.yaml").data.verify == "cheap"
     with pytest.raises(ValueError, match=r"data.verify='sha': expected one of cheap, full"):
         load_config("configs/quickstart.yaml", ["data.verify=sha"])
+
+
+def test_training_on_zeroed_records_stops_before_the_first_step(tmp_path):
+    """The issue's case: zeroed pixels used to train to exit 0 without a word (train/run.py
+    prints a RecordsError as one `error:` line and exits 1)."""
+    from fixtures import tiny_args
+    from train.run import main
+
+    root = write_tiny_cifar(tmp_path / "records")
+    path = root / fmt.array_rels("train")[0]
+    overwrite(path, 128, bytes(path.stat().st_size - 128))
+    with pytest.raises(fmt.RecordsError, match=rf"{path}: content changed.*{FIX}"):
+        main(tiny_args(root, tmp_path / "runs", "zeroed"))
+    assert not list((tmp_path / "runs").glob("*/metrics.jsonl"))
