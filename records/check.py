@@ -60,8 +60,7 @@ class Checker:
         self.fix = fmt.make_target(manifest["dataset"])
 
     def fail(self, path, problem: str) -> fmt.RecordsError:
-        return fmt.RecordsError(f"{path}: {problem}, not what {self.root / fmt.MANIFEST} "
-                                f"describes; convert again: {self.fix}")
+        return fmt.RecordsError(f"{path}: {problem}; convert again: {self.fix}")
 
     def files(self, rels) -> None:
         """Each file exists with the manifest's size and sampled digest (or sha256, full)."""
@@ -70,20 +69,20 @@ class Checker:
             try:
                 stat = path.stat()
             except FileNotFoundError:
-                raise self.fail(path, "missing") from None
+                raise self.fail(path, f"missing (listed in {fmt.MANIFEST})") from None
             key = (str(path), stat.st_size, stat.st_mtime_ns, self.mode)
             if key in _passed:
                 continue
             want = self.manifest["checks"].get(rel)
             if want is None:
-                raise self.fail(path, "not listed in the manifest's checks")
+                raise self.fail(path, f"not listed in {fmt.MANIFEST}'s checks")
             if stat.st_size != want["size"]:
-                raise self.fail(path, f"{stat.st_size} bytes (truncated or changed), the "
-                                      f"manifest says {want['size']}")
+                raise self.fail(path, f"{stat.st_size} bytes, {fmt.MANIFEST} says "
+                                      f"{want['size']} (truncated or changed)")
             if sampled_digest(path) != want["sample"]:
-                raise self.fail(path, "content changed (sampled digest differs)")
+                raise self.fail(path, f"content differs from {fmt.MANIFEST} (sampled digest)")
             if self.mode == "full" and _sha256(path) != self.manifest["files"][rel]:
-                raise self.fail(path, "content changed (sha256 differs)")
+                raise self.fail(path, f"content differs from {fmt.MANIFEST} (sha256)")
             _passed.add(key)
 
     def rels(self, format_name: str, split: str) -> list[str]:
@@ -107,11 +106,12 @@ class Checker:
                        for p in (self.root / folder).glob("shard-*.tar")]
             extra = sorted(set(on_disk) - set(rels))
             if extra:
-                raise self.fail(self.root / extra[0], "a shard the manifest does not list")
+                raise self.fail(self.root / extra[0], f"a shard {fmt.MANIFEST} does not list")
             shards = self.manifest["splits"][split].get("shards")
             tars = [rel for rel in rels if rel.endswith(".tar")]
             if shards is not None and len(tars) != shards:
-                raise self.fail(self.root / folder, f"{len(tars)} shards listed, {shards} made")
+                raise self.fail(self.root / folder, f"{len(tars)} shards listed, {fmt.MANIFEST} "
+                                                    f"says {shards}")
         self.files(rels)
         if format_name == "arrays":
             images, labels = rels
@@ -120,7 +120,8 @@ class Checker:
         elif format_name == "ffcv":
             samples = fmt.beton_count(self.root / rels[0])
             if samples != count:
-                raise self.fail(self.root / rels[0], f"{samples} samples, {split} has {count}")
+                raise self.fail(self.root / rels[0], f"{samples} samples, {fmt.MANIFEST} says "
+                                                     f"{split} has {count}")
 
     def npy(self, rel: str, shape: tuple, dtype) -> None:
         path = self.root / rel
@@ -135,8 +136,8 @@ class Checker:
         except ValueError as error:
             raise self.fail(path, f"not a .npy file ({error})") from None
         if tuple(got_shape) != shape or np.dtype(got_dtype) != np.dtype(dtype):
-            raise self.fail(path, f"holds {np.dtype(got_dtype)} {tuple(got_shape)}, expected "
-                                  f"{np.dtype(dtype)} {shape}")
+            raise self.fail(path, f"holds {np.dtype(got_dtype)} {tuple(got_shape)}, "
+                                  f"{fmt.MANIFEST} says {np.dtype(dtype)} {shape}")
 
     def labels(self, labels: np.ndarray, where, split: str) -> None:
         """Labels in [0, classes) with the manifest's per-class counts."""
@@ -147,4 +148,4 @@ class Checker:
                                    f"[0, {classes})")
         per_class = self.manifest["splits"][split].get("per_class")
         if per_class and np.bincount(labels, minlength=classes).tolist() != per_class:
-            raise self.fail(where, f"per-class counts of {split} differ from the manifest's")
+            raise self.fail(where, f"per-class counts of {split} differ from {fmt.MANIFEST}'s")

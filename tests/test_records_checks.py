@@ -66,7 +66,8 @@ def test_zeroed_data_is_refused(backend, records):
     size = path.stat().st_size
     start = 128 if backend != "ffcv" else size // 2  # .npy: every pixel; .beton: its 2nd half
     overwrite(path, start, bytes(size - start))
-    with pytest.raises(fmt.RecordsError, match=rf"{path}: content changed .*{FIX}"):
+    with pytest.raises(fmt.RecordsError, match=rf"{path}: content differs from manifest.json "
+                                                 rf"\(sampled digest\); {FIX}"):
         build_loader(cfg(records, backend), "train", "cpu")
 
 
@@ -76,8 +77,8 @@ def test_truncated_file_is_refused(backend, records):
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size - 1000)
-    with pytest.raises(fmt.RecordsError, match=rf"{path}: {size - 1000} bytes \(truncated or "
-                                                 rf"changed\), the manifest says {size}.*{FIX}"):
+    with pytest.raises(fmt.RecordsError, match=rf"{path}: {size - 1000} bytes, manifest.json "
+                                                 rf"says {size} \(truncated or changed\); {FIX}"):
         build_loader(cfg(records, backend), "val", "cpu")
 
 
@@ -99,7 +100,7 @@ def test_changed_labels_are_refused(records):
     labels = np.load(path)
     labels[3] = 10
     np.save(path, labels)
-    with pytest.raises(fmt.RecordsError, match=rf"{path}: content changed"):
+    with pytest.raises(fmt.RecordsError, match=rf"{path}: content differs"):
         build_loader(cfg(records), "train", "cpu")
 
 
@@ -122,7 +123,7 @@ def test_wrong_array_shape_is_refused(tmp_path):
     manifest["splits"]["train"] = {"count": 30, "per_class": [3] * 10}  # 40 stored
     fmt.write_manifest(root, manifest)
     with pytest.raises(fmt.RecordsError, match=r"train_images.npy: holds uint8 \(40, 32, 32, 3\)"
-                                                r", expected uint8 \(30, 32, 32, 3\)"):
+                                                r", manifest.json says uint8 \(30, 32, 32, 3\)"):
         build_loader(cfg(root), "train", "cpu")
 
 
@@ -130,7 +131,8 @@ def test_full_verify_finds_what_the_sampled_digest_misses(records):
     path = records / fmt.array_rels("train")[0]
     overwrite(path, 5000, b"\x01\x02\x03")  # between two sampled blocks
     build_loader(cfg(records), "train", "cpu")  # the cheap check passes: it samples
-    with pytest.raises(fmt.RecordsError, match=rf"{path}: content changed \(sha256 differs\)"):
+    with pytest.raises(fmt.RecordsError, match=rf"{path}: content differs from manifest.json "
+                                                rf"\(sha256\)"):
         build_loader(cfg(records, verify="full"), "train", "cpu")
     with pytest.raises(ValueError, match=r"data.verify='sha': expected one of cheap, full"):
         cfg(records, verify="sha")
@@ -163,12 +165,12 @@ def test_damaged_or_extra_shard_is_refused(backend, imagenet):
     build_loader(imagenet_cfg(imagenet, backend), "val", "cpu")
     extra = imagenet / fmt.shard_rel("val", 7)
     shutil.copy(shard, extra)
-    with pytest.raises(fmt.RecordsError, match=rf"{extra}: a shard the manifest does not list"):
+    with pytest.raises(fmt.RecordsError, match=rf"{extra}: a shard manifest.json does not list"):
         build_loader(imagenet_cfg(imagenet, backend), "val", "cpu")
     extra.unlink()
     size = shard.stat().st_size
     overwrite(shard, size // 2, bytes(size - size // 2))  # its second half
-    with pytest.raises(fmt.RecordsError, match=rf"{shard}: content changed.*make dataset-"
+    with pytest.raises(fmt.RecordsError, match=rf"{shard}: content differs.*make dataset-"
                                                 rf"imagenet IMAGENET_SRC="):
         build_loader(imagenet_cfg(imagenet, backend), "val", "cpu")
 
@@ -220,6 +222,6 @@ def test_training_on_zeroed_records_stops_before_the_first_step(tmp_path):
     root = write_tiny_cifar(tmp_path / "records")
     path = root / fmt.array_rels("train")[0]
     overwrite(path, 128, bytes(path.stat().st_size - 128))
-    with pytest.raises(fmt.RecordsError, match=rf"{path}: content changed.*{FIX}"):
+    with pytest.raises(fmt.RecordsError, match=rf"{path}: content differs.*{FIX}"):
         main(tiny_args(root, tmp_path / "runs", "zeroed"))
     assert not list((tmp_path / "runs").glob("*/metrics.jsonl"))
