@@ -46,7 +46,12 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage  # noqa: E402
 
 from pipelines import ops  # noqa: E402
 from pipelines.plan import EpochPlan  # noqa: E402
-from pipelines.readers import cifar_source_split, cifar_split_indices, missing  # noqa: E402
+from pipelines.readers import (  # noqa: E402
+    checker,
+    cifar_source_split,
+    cifar_split_indices,
+    open_records,
+)
 from pipelines.spec import DataConfig  # noqa: E402
 from records import format as fmt  # noqa: E402
 
@@ -176,12 +181,8 @@ class WholeImageDecoder(SimpleRGBImageDecoder):
 def _beton(cfg: DataConfig, split: str) -> tuple[Path, int]:
     """(path, sample count) of the .beton that `split` reads, checked against the manifest."""
     source = split if cfg.dataset == "imagenet" else cifar_source_split(split)
-    manifest = fmt.read_manifest(cfg.root, cfg.dataset)
-    fmt.require_format(cfg.root, manifest, cfg.backend)
-    path = Path(cfg.root) / fmt.beton_rel(source)
-    if not path.is_file():
-        raise missing(path, cfg)
-    return path, fmt.split_count(manifest, source)
+    manifest = open_records(cfg, "ffcv", source)
+    return Path(cfg.root) / fmt.beton_rel(source), fmt.split_count(manifest, source)
 
 
 def set_order(loader: Loader, order: np.ndarray) -> None:
@@ -206,6 +207,9 @@ class FFCVLoader:
             raise ValueError(f"{path}: fields {reader.field_names}, expected image and label")
         if reader.num_samples != count:
             raise ValueError(f"{path}: {reader.num_samples} samples, manifest.json says {count}")
+        checker(cfg, fmt.read_manifest(cfg.root)).labels(
+            reader.metadata[f"f{reader.field_names.index('label')}"], path,
+            split if self.imagenet else cifar_source_split(split))
         meta = reader.metadata[f"f{reader.field_names.index('image')}"]
         heights, widths = meta["height"].astype(np.int64), meta["width"].astype(np.int64)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tarfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,15 +17,30 @@ import numpy as np
 
 from pipelines.spec import DataConfig
 from records import format as fmt
+from records.check import Checker
 
 
 # ----------------------------------------------------------------------------- manifest
-def open_records(cfg: DataConfig, needed: str | None = None) -> dict:
+def open_records(cfg: DataConfig, needed: str | None = None, split: str | None = None) -> dict:
     """The manifest of cfg.root, checked to hold cfg.dataset in the format cfg.backend reads
-    (or `needed`)."""
+    (or `needed`); with a stored `split`, that split's files are checked against the manifest
+    (records/check.py, cfg.verify)."""
     manifest = fmt.read_manifest(cfg.root, cfg.dataset)
-    fmt.require_format(cfg.root, manifest, cfg.backend, needed)
+    needed = fmt.require_format(cfg.root, manifest, cfg.backend, needed)
+    if split is not None and needed is not None:
+        check = checker(cfg, manifest)
+        rels = check.rels(needed, split)
+        if not rels:
+            raise missing(Path(cfg.root) / fmt.shard_folder_rel(split) / "shard-*.tar", cfg)
+        for rel in rels:
+            if not (Path(cfg.root) / rel).is_file():
+                raise missing(Path(cfg.root) / rel, cfg)
+        check.split(needed, split)
     return manifest
+
+
+def checker(cfg: DataConfig, manifest: dict) -> Checker:
+    return Checker(cfg.root, manifest, cfg.verify)
 
 
 def missing(path: Path, cfg: DataConfig) -> FileNotFoundError:
@@ -60,20 +75,13 @@ def cifar_split_indices(cfg: DataConfig, split: str, n_train: int | None = None)
 
 
 def load_cifar_arrays(cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Official `source` ("train"|"test") split: uint8 (N, 32, 32, 3) HWC RGB, int64 (N,)."""
-    open_records(cfg, "arrays")
+    """Official `source` ("train"|"test") split: uint8 (N, 32, 32, 3) HWC RGB, int64 (N,),
+    checked against the manifest (files, shapes, label range and per-class counts)."""
+    manifest = open_records(cfg, "arrays", source)
     images_path, labels_path = (Path(cfg.root) / rel for rel in fmt.array_rels(source))
-    for path in (images_path, labels_path):
-        if not path.is_file():
-            raise missing(path, cfg)
     images, labels = np.load(images_path), np.load(labels_path)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise ValueError(f"{images_path}: expected uint8 (N, H, W, 3), got "
-                         f"{images.dtype} {images.shape}")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"{labels_path}: shape {labels.shape} does not match "
-                         f"{images.shape[0]} images in {images_path}")
-    return images, labels.astype(np.int64)
+    checker(cfg, manifest).labels(labels, labels_path, source)
+    return images, labels
 
 
 def cifar_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,18 +104,17 @@ class ShardIndex:
     jpg_size: np.ndarray
     cls_offset: np.ndarray
     cls_size: np.ndarray
+    classes: int = 0  # labels must be in [0, classes) (0: unchecked)
+    fix: str = "tools/convert.py"  # the command that rewrites the records
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
 def shard_paths(cfg: DataConfig, split: str) -> list[Path]:
-    open_records(cfg, "webdataset")
-    folder = Path(cfg.root) / fmt.shard_folder_rel(split)
-    shards = sorted(folder.glob("shard-*.tar"))
-    if not shards:
-        raise missing(folder / "shard-*.tar", cfg)
-    return shards
+    """The split's shards, checked against the manifest."""
+    open_records(cfg, "webdataset", split)
+    return sorted((Path(cfg.root) / fmt.shard_folder_rel(split)).glob("shard-*.tar"))
 
 
 def _scan_shard(path: Path):
@@ -150,8 +157,10 @@ def shard_index(cfg: DataConfig, split: str) -> ShardIndex:
     """The split's ShardIndex (cached per process), checked against the manifest count."""
     shards = tuple(shard_paths(cfg, split))
     stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in shards)
-    index = _shard_index(shards, stamp)
-    expected = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), split)
+    manifest = fmt.read_manifest(cfg.root, cfg.dataset)
+    index = replace(_shard_index(shards, stamp), classes=len(manifest["classes"]),
+                    fix=fmt.make_target(cfg.dataset))
+    expected = fmt.split_count(manifest, split)
     if len(index) != expected:
         raise fmt.RecordsError(f"{shards[0].parent}: {len(index)} samples in the shards, "
                                f"manifest.json says {expected}; convert again: "
@@ -188,12 +197,19 @@ class ShardReader:
             jpg, cls = blob[jo - start:jo - start + js], blob[co - start:co - start + cs]
         else:
             jpg, cls = os.pread(fd, js, jo), os.pread(fd, cs, co)
+        return jpg, self._label(i, cls)
+
+    def _label(self, i: int, cls: bytes) -> int:
+        index = self.index
         try:
             label = int(cls.decode("ascii").strip())
-        except ValueError as error:
-            raise ValueError(f"{index.shards[index.shard[i]]}: {index.keys[i]}.cls is not an "
-                             f"integer: {cls[:20]!r}") from error
-        return jpg, label
+        except ValueError:
+            label = None
+        if label is None or (index.classes and not 0 <= label < index.classes):
+            raise fmt.RecordsError(
+                f"{index.shards[index.shard[i]]}: {index.keys[i]}.cls holds {cls[:20]!r}, not "
+                f"a label in [0, {index.classes}); convert again: {index.fix}")
+        return label
 
     def labels(self) -> np.ndarray:
         return np.asarray([self.read_label(i) for i in range(len(self))], dtype=np.int64)
@@ -201,7 +217,7 @@ class ShardReader:
     def read_label(self, i: int) -> int:
         index = self.index
         fd = self._fd(int(index.shard[i]))
-        return int(os.pread(fd, int(index.cls_size[i]), int(index.cls_offset[i])).strip())
+        return self._label(i, os.pread(fd, int(index.cls_size[i]), int(index.cls_offset[i])))
 
     def close(self):
         with self._lock:

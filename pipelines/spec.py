@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from records.check import VERIFY_MODES
+
 DATASETS = ("cifar10", "cifar100", "imagenet")
 BACKENDS = ("native", "ffcv", "dali", "torchvision", "synthetic")
 EVAL_MODES = ("center", "tencrop", "multiscale")
@@ -76,6 +78,9 @@ class DataConfig:
     split_seed: int = 0  # fixed seed of that hold-out
     dtype: str = "float32"  # float32 | bfloat16, of the images handed to the loop
     channels_last: bool = True
+    # Records against their manifest when a loader is built (records/check.py): "cheap" (sizes,
+    # sampled digests, headers, labels) or "full" (also every file's sha256).
+    verify: str = "cheap"
     aug: AugSpec = field(default_factory=AugSpec)
 
     def __post_init__(self):
@@ -83,6 +88,7 @@ class DataConfig:
             ("data.dataset", self.dataset, DATASETS),
             ("data.backend", self.backend, BACKENDS),
             ("data.dtype", self.dtype, ("float32", "bfloat16")),
+            ("data.verify", self.verify, VERIFY_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")

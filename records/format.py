@@ -9,7 +9,8 @@ val), the files of each format it was converted to, and manifest.json, written l
 
 Formats are named by what they are. The native, torchvision and DALI backends read "arrays"
 (CIFAR) or "webdataset" (ImageNet); the ffcv backend reads "ffcv". This module has no torch or
-ffcv dependency: converters, loaders and tests all import it.
+ffcv dependency: converters, loaders and tests all import it. records/check.py checks records
+against their manifest.
 """
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ import json
 import os
 from pathlib import Path
 
-VERSION = 2  # of the manifest and the layout above; older records must be converted again
+import numpy as np
+
+# Of the manifest and the layout above; older records must be converted again.
+# 3: "checks" (size and sampled digest of every file) for the loaders' cheap check.
+VERSION = 3
 MANIFEST = "manifest.json"
 DATASETS = ("cifar10", "cifar100", "imagenet")
 STORED_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
@@ -25,7 +30,10 @@ STORED_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
 FORMATS = {"cifar10": ("arrays", "ffcv"), "cifar100": ("arrays", "ffcv"),
            "imagenet": ("webdataset", "ffcv")}
 INDEX_VERSION = "v1.2"  # DALI's wds2idx text format, read by fn.readers.webdataset
-REQUIRED = ("dataset", "version", "formats", "classes", "splits", "files", "skipped")
+REQUIRED = ("dataset", "version", "formats", "classes", "splits", "files", "checks", "skipped")
+# FFCV's file header (ffcv.types.HeaderType): sample counts without importing ffcv or torch.
+BETON_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
+                         ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")], align=True)
 
 
 class RecordsError(ValueError):
@@ -89,6 +97,14 @@ def index_rel(tar_rel: str) -> str:
     return tar_rel[: -len(".tar")] + ".idx"
 
 
+def beton_count(path: str | Path) -> int:
+    """Samples in a .beton, from its header."""
+    header = np.fromfile(path, dtype=BETON_HEADER, count=1)
+    if len(header) != 1:
+        raise RecordsError(f"{path}: too short for an FFCV header")
+    return int(header[0]["num_samples"])
+
+
 def format_of(rel: str) -> str:
     """The format a manifest file entry belongs to ("arrays/train_images.npy" -> "arrays")."""
     return rel.split("/", 1)[0]
@@ -129,15 +145,21 @@ def parse_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
 # ----------------------------------------------------------------------------- manifest
 def make_manifest(*, dataset: str, formats, source, settings: dict, classes: list[str],
                   splits: dict[str, dict], files: dict[str, str] | None = None,
-                  skipped: list[dict] | None = None, fingerprint: str | None = None,
-                  **extra) -> dict:
+                  root: str | Path | None = None, skipped: list[dict] | None = None,
+                  fingerprint: str | None = None, **extra) -> dict:
     """A manifest in the current schema. splits: {split: {"count": n, "per_class": [...]}};
-    files: {relative path: sha256} of every output (verify re-checks them)."""
+    files: {relative path: sha256} of every output (verify re-checks them), found under `root`
+    (the dataset folder), which gives their "checks" (records.check)."""
+    from records.check import file_checks
+
+    files = dict(sorted((files or {}).items()))
+    if files and root is None:
+        raise ValueError("make_manifest: files need root= (the folder holding them)")
     manifest = {
         "dataset": dataset, "version": VERSION, "formats": list(parse_formats(dataset, formats)),
         "source": source, "settings": settings, "classes": list(classes), "splits": splits,
-        "files": dict(sorted((files or {}).items())), "skipped": list(skipped or []),
-        "fingerprint": fingerprint, **extra,
+        "files": files, "checks": file_checks(root, files) if files else {},
+        "skipped": list(skipped or []), "fingerprint": fingerprint, **extra,
     }
     validate(manifest, MANIFEST)
     return manifest
@@ -162,6 +184,9 @@ def validate(manifest, where) -> dict:
         parse_formats(dataset, manifest["formats"])
     except ValueError as error:
         raise RecordsError(f"{where}: {error}") from None
+    if not isinstance(manifest["checks"], dict) or set(manifest["checks"]) != set(
+            manifest["files"]):
+        raise RecordsError(f"{where}: checks must list exactly the files")
     for split in STORED_SPLITS[dataset]:
         info = manifest["splits"].get(split)
         if not isinstance(info, dict) or not isinstance(info.get("count"), int):

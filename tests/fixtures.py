@@ -111,7 +111,8 @@ def write_cifar_records(folder: Path, arrays: dict, dataset: str = "cifar10") ->
                          "per_class": np.bincount(labels, minlength=n_classes).tolist()}
     fmt.write_manifest(root, fmt.make_manifest(
         dataset=dataset, formats=["arrays"], source="test fixture", settings={},
-        classes=[f"class{i}" for i in range(n_classes)], splits=splits, files=files))
+        classes=[f"class{i}" for i in range(n_classes)], splits=splits, files=files,
+        root=root))
     return root
 
 
@@ -149,7 +150,8 @@ def write_imagenet_records(folder: Path, splits: dict, shard_size: int = 1000,
             info[split] = {"count": len(samples), "per_class": counts.tolist()}
         out.write_manifest(fmt.make_manifest(
             dataset="imagenet", formats=["webdataset"], source="test fixture", settings={},
-            classes=[wnid(i) for i in range(n_classes)], splits=info, files=files))
+            classes=[wnid(i) for i in range(n_classes)], splits=info, files=files,
+            root=root))
     finally:
         out.close()
     return root

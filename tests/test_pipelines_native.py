@@ -20,11 +20,17 @@ from records import format as fmt
 
 # ----------------------------------------------------------------------------- tiny records
 def write_manifest(root, dataset, counts, classes):
+    """A manifest listing every file under root."""
+    from tools.writers.atomic import sha256_file
+
     root.mkdir(parents=True, exist_ok=True)
     formats = [fmt.FORMATS[dataset][0]]
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*")
+             if p.is_file() and p.name != fmt.MANIFEST}
     fmt.write_manifest(root, fmt.make_manifest(
         dataset=dataset, formats=formats, source="test", settings={}, classes=classes,
-        splits={split: {"count": n, "per_class": []} for split, n in counts.items()}))
+        splits={split: {"count": n, "per_class": []} for split, n in counts.items()},
+        files=files, root=root))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +215,7 @@ def test_read_manifest_errors(tmp_path):
         fmt.read_manifest(tmp_path, "imagenet")
     old = {"dataset": "cifar10", "version": 1, "classes": [], "splits": {}}
     (tmp_path / "manifest.json").write_text(json.dumps(old))
-    with pytest.raises(fmt.RecordsError, match=r"format version 1, this code reads version 2; "
+    with pytest.raises(fmt.RecordsError, match=r"format version 1, this code reads version 3; "
                                                 r"convert again: make dataset-cifar10"):
         fmt.read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{")

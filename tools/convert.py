@@ -7,12 +7,17 @@
 Writes DIR/<dataset>/<format>/... and, last, DIR/<dataset>/manifest.json (the layout is
 records/format.py's). Formats: CIFAR "arrays" (.npy) and "ffcv"; ImageNet "webdataset"
 (tar shards) and "ffcv". Every output appears under its final name only when complete; a rerun
-after a crash skips the outputs already finished.
+after a crash skips the outputs already finished. A rerun writes exactly the --formats asked
+for: records of a format left out are deleted (with a warning).
+Ctrl-C or SIGTERM stops the converter and its workers within seconds (exit status 130 / 143);
+rerunning the same command finishes the job.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
 import time
 import warnings
@@ -117,6 +122,37 @@ def summary(root: Path, manifest: dict, report: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread so that every writer cleans up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame):
+    raise Interrupted(signum)
+
+
+def _exit_interrupted(stop: Interrupted) -> None:
+    print(f"convert: stopped by {stop}; finished outputs are kept, rerun the same command to "
+          "finish", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: interpreter shutdown would wait on FFCV's queue feeder threads.
+    os._exit(128 + stop.signum)
+
+
+def _error_text(err: BaseException, out: Path) -> str:
+    from tools.writers.atomic import DiskFull, disk_full
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, DiskFull):
+        err = disk_full(Path(err.filename) if err.filename else out)
+    if isinstance(err, OSError) and err.strerror and not err.filename:
+        return err.strerror
+    return str(err)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -131,7 +167,8 @@ def main(argv=None) -> int:
                        "tarball (omit to download the official one, md5-checked)")
         p.add_argument("--out", type=Path, required=True, help="writes OUT/<dataset>/")
         p.add_argument("--formats", default=",".join(fmt.FORMATS[name]),
-                       help=f"comma list of {','.join(fmt.FORMATS[name])} (default: all)")
+                       help=f"comma list of {','.join(fmt.FORMATS[name])} (default: all); a "
+                       "rerun with fewer formats DELETES the records of the others")
         p.add_argument("--workers", type=int, default=None,
                        help=f"processes (default: all cores, here {default_workers()})")
         p.add_argument("--strict", action="store_true",
@@ -165,11 +202,15 @@ def main(argv=None) -> int:
     if args.command == "imagenet":
         extra = dict(jpeg_quality=args.jpeg_quality, train_max_side=args.train_max_side,
                      val_max_side=args.val_max_side, shard_size=args.shard_size)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         convert(args.command, args.src, args.out, args.formats, args.workers, args.strict,
                 allow_subset=args.allow_subset, **extra)
+    except Interrupted as stop:
+        _exit_interrupted(stop)
     except (ValueError, RuntimeError, OSError) as err:
-        print(f"convert: error: {err}", file=sys.stderr)
+        print(f"convert: error: {_error_text(err, args.out / args.command)}", file=sys.stderr)
         return 1
     return 0
 

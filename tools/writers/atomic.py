@@ -2,15 +2,20 @@
 
 Every output is written as `<name>.tmp-<pid>`, fsynced and renamed; then a small record
 `.progress/<name>.json` (fingerprint of source+settings, size, sha256) lets a rerun skip it once
-its sha256 checks again. The manifest is written last, so a killed run never looks complete.
+its sha256 checks again. The manifest is written last, so a killed run never looks complete; a
+rerun keeps the previous manifest until it changes or deletes a file that manifest lists (then
+removes it first), so a complete dataset stays loadable through a rerun that is killed.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 from records import format as fmt
@@ -37,6 +42,19 @@ def fingerprint(**parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class DiskFull(OSError):
+    """ENOSPC whose message names the file and the free space."""
+
+
+def disk_full(path: Path) -> DiskFull:
+    """ENOSPC naming the file being written and the space left where it goes."""
+    folder = next((p for p in (Path(path), *Path(path).parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    return DiskFull(errno.ENOSPC, f"{path}: no space left on device ({free / 2**20:.1f} MiB free "
+                   f"in {folder}); free some space (or choose another --out) and rerun the same "
+                   "command: finished outputs are kept")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -54,7 +72,12 @@ class HashingWriter:
         self._n = 0
 
     def write(self, data) -> int:
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise disk_full(Path(self._f.name)) from err
+            raise
         self._h.update(data)
         self._n += len(data)
         return len(data)
@@ -71,28 +94,61 @@ class HashingWriter:
         self._f.close()
 
 
+def _listed(root: Path) -> dict[str, str]:
+    """{file: sha256} of the manifest already in `root` (nothing if none or unreadable)."""
+    try:
+        files = json.loads((root / MANIFEST).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+# Lock descriptors of this process: forked workers close their copies (children.py), so the
+# kernel drops a lock as soon as its converter dies, even by kill -9.
+LOCK_FDS: set[int] = set()
+
+
 class OutputDir:
-    """DIR/<dataset>: one converter at a time (flock), stale temporaries removed on entry."""
+    """DIR/<dataset>: one converter at a time (flock; the lock file names its holder's pid),
+    stale temporaries removed on entry."""
 
     def __init__(self, root: Path, fingerprint: str):
         self.root = root
         self.fingerprint = fingerprint
         root.mkdir(parents=True, exist_ok=True)
         (root / PROGRESS).mkdir(exist_ok=True)
-        self._lock = open(root / PROGRESS / "lock", "w")
+        self._lock = open(root / PROGRESS / "lock", "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
             self._lock.close()
-            raise RuntimeError(f"{root} is being converted by another process") from None
-        # The run may rewrite outputs: until it finishes, nothing may look complete.
-        (root / MANIFEST).unlink(missing_ok=True)
+            raise RuntimeError(f"{root} is being converted by another process (pid {holder}); "
+                               "wait for it to finish or stop it") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"{os.getpid()}\n")
+        self._lock.flush()
+        LOCK_FDS.add(self._lock.fileno())
         for stale in root.rglob(f"*{TMP_MARK}*"):
             stale.unlink()
+        self._manifest_files = _listed(root)
         self._sleep = float(os.environ.get(SLEEP_ENV, "0") or 0)
 
     def close(self) -> None:
+        """Release the lock; temporaries of this run (an interrupted one) are removed."""
+        for tmp in self.root.rglob(f"*{TMP_MARK}{os.getpid()}*"):
+            tmp.unlink(missing_ok=True)
+        LOCK_FDS.discard(self._lock.fileno())
         self._lock.close()
+
+    def _outdate(self, rel: str, sha256: str | None = None) -> None:
+        """About to change or delete `rel`: the previous manifest no longer describes the folder
+        once that happens, so it goes first."""
+        if rel in self._manifest_files and self._manifest_files[rel] != sha256:
+            (self.root / MANIFEST).unlink(missing_ok=True)
+            self._manifest_files = {}
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -141,6 +197,7 @@ class OutputDir:
             sha256 = sha256_file(tmp)
         size = tmp.stat().st_size
         final = self.path(rel)
+        self._outdate(rel, sha256)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         self.save_note(rel, {"sha256": sha256, "size": size, **info})
@@ -149,12 +206,24 @@ class OutputDir:
         return sha256
 
     def remove_stale(self, keep: set[str], under: tuple[str, ...]) -> None:
-        """Delete final-named files under `under` that this run did not produce."""
+        """Delete final-named files under `under` that this run did not produce; a whole format
+        left out of --formats is deleted too, with a warning (a rerun writes exactly the formats
+        asked for)."""
+        kept_formats = {fmt.format_of(rel) for rel in keep}
         for folder in under:
+            removed = []
             for path in sorted(self.path(folder).rglob("*")) if self.path(folder).is_dir() else ():
-                if path.is_file() and path.relative_to(self.root).as_posix() not in keep:
+                rel = path.relative_to(self.root).as_posix()
+                if path.is_file() and rel not in keep:
+                    self._outdate(rel)
                     path.unlink()
-                    self._record(path.relative_to(self.root).as_posix()).unlink(missing_ok=True)
+                    self._record(rel).unlink(missing_ok=True)
+                    removed.append(rel)
+            if removed and folder not in kept_formats:
+                warnings.warn(f"deleted the {folder!r} records in {self.root} ({len(removed)} "
+                              f"files): {folder!r} is not in --formats, and a rerun keeps only "
+                              f"the formats asked for (add {folder} to --formats to keep them)",
+                              stacklevel=2)
 
     def write_manifest(self, manifest: dict) -> None:
         fmt.write_manifest(self.root, manifest)

@@ -63,7 +63,7 @@ def convert_cifar(dataset, tar_path, root, *, formats, workers, allow_subset, so
         out.remove_stale(set(files), under=fmt.FORMATS[dataset])
         manifest = fmt.make_manifest(
             dataset=dataset, formats=formats, source={**source_info, "sha256": tar_sha},
-            settings=settings, classes=data.classes, splits=splits, files=files,
+            settings=settings, classes=data.classes, splits=splits, files=files, root=root,
             fingerprint=out.fingerprint)
         out.write_manifest(manifest)
         return manifest, report

@@ -1,26 +1,31 @@
 """FFCV .beton writer: fields "image" (RGBImageField) and "label" (IntField).
 
-FFCV's DatasetWriter waits forever when one of its worker processes raises. Inputs are
-validated before writing, and a worker that still fails reports through a file; a watchdog
-thread then interrupts the main thread, stops the workers and raises a clear error.
+FFCV's DatasetWriter waits forever when one of its worker processes raises or dies. Inputs are
+validated before writing; a worker that still fails reports through a file (or dies), and a
+watchdog thread then interrupts the main thread, which stops the workers and raises a clear
+error. Workers die with the converter (children.die_with_parent); on any interruption the
+workers, FFCV's shared memory and the temporary file are cleaned up before the error goes on.
 """
 from __future__ import annotations
 
 import _thread
+import errno
 import multiprocessing
+import os
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import OutputDir
+from records.format import BETON_HEADER, beton_count  # noqa: F401  (verify counts with it)
+
+from .atomic import OutputDir, disk_full
+from .children import die_with_parent
 
 MIN_PAGE = 1 << 21  # ffcv.writer.MIN_PAGE_SIZE
-# Same layout as ffcv.types.HeaderType; lets `verify` count samples without importing ffcv/torch.
-BETON_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
-                         ("num_samples", "<u8"), ("alloc_table_ptr", "<u8")], align=True)
 
 
 def import_ffcv():
@@ -43,10 +48,6 @@ def page_size_for(max_sample_bytes: int) -> int:
     return max(MIN_PAGE, 1 << (max_sample_bytes + (1 << 16) - 1).bit_length())
 
 
-def beton_count(path: Path) -> int:
-    return int(np.fromfile(path, dtype=BETON_HEADER, count=1)[0]["num_samples"])
-
-
 def beton_payload(path: Path) -> int:
     """Bytes of sample data (the rest of the file is header and page slack)."""
     ptr = int(np.fromfile(path, dtype=BETON_HEADER, count=1)[0]["alloc_table_ptr"])
@@ -55,29 +56,101 @@ def beton_payload(path: Path) -> int:
     return int(table["size"].sum())
 
 
+# Test hook: seconds each FFCV writer worker sleeps per sample, so a test can interrupt the
+# write phase while its temporary file exists.
+SLEEP_ENV = "RESPIPE_CONVERT_TEST_FFCV_SLEEP"
+
+
+def _report(error_file: Path, where: str, err: BaseException) -> None:
+    if not error_file.exists():  # the first error is the one to report
+        code = f" [errno {err.errno}]" if isinstance(err, OSError) and err.errno else ""
+        partial = error_file.with_name(f"{error_file.name}.{os.getpid()}")
+        partial.write_text(f"{where}{type(err).__name__}: {err}{code}\n" + traceback.format_exc())
+        os.replace(partial, error_file)  # the watchdog never reads half a report
+
+
 class _Guarded:
     """Runs in FFCV's worker processes: turns an exception into an error file."""
 
     def __init__(self, dataset, error_file: Path):
         self.dataset, self.error_file = dataset, error_file
+        self.sleep = float(os.environ.get(SLEEP_ENV, "0") or 0)
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
+        if self.sleep:
+            time.sleep(self.sleep)
         try:
             return self.dataset[i]
         except BaseException as err:
-            self.error_file.write_text(f"sample {i}: {type(err).__name__}: {err}\n"
-                                       + traceback.format_exc())
+            _report(self.error_file, f"sample {i}: ", err)
             raise
 
 
-def _watch(error_file: Path, stop: threading.Event) -> None:
+def _worker_class(error_file: Path, started: list):
+    """FFCV's writer Process, made to die with this process and to report any error (a full
+    disk shows up in a worker: the workers write the pages)."""
+    parent = os.getpid()
+
+    class Worker(multiprocessing.Process):
+        def start(self):
+            super().start()
+            started.append(self)
+
+        def run(self):
+            die_with_parent(parent)
+            try:
+                super().run()
+            except BaseException as err:
+                _report(error_file, "", err)
+                sys.exit(1)  # reported: no traceback from every worker
+
+    return Worker
+
+
+def _failed(error_file: Path, started: list) -> bool:
+    """A worker reported an error or died (killed, out of memory)."""
+    return error_file.exists() or any(p.exitcode not in (None, 0) for p in started)
+
+
+def _watch(error_file: Path, started: list, stop: threading.Event,
+           tripped: threading.Event) -> None:
     while not stop.wait(0.2):
-        if error_file.exists():
+        if _failed(error_file, started):
+            tripped.set()
             _thread.interrupt_main()
             return
+
+
+def _stop(writer, started: list, tmp: Path, error_file: Path) -> None:
+    """After a failure or an interruption: no worker, shared memory or temporary file left."""
+    for proc in started:
+        if proc.exitcode is None:
+            proc.kill()
+    for proc in started:
+        proc.join(timeout=5)
+    sm = getattr(writer, "metadata_sm", None)
+    if sm is not None and not isinstance(sm, int):
+        sm.close()
+        try:
+            sm.unlink()
+        except FileNotFoundError:
+            pass
+    tmp.unlink(missing_ok=True)
+    error_file.unlink(missing_ok=True)
+
+
+def _failure(path: Path, error_file: Path, started: list) -> Exception:
+    if error_file.exists():
+        message = error_file.read_text().splitlines()[0]
+        if f"[errno {errno.ENOSPC}]" in message:
+            return disk_full(path)
+    else:
+        codes = [p.exitcode for p in started if p.exitcode not in (None, 0)]
+        message = f"a worker process exited with status {codes[0]}"
+    return RuntimeError(f"FFCV writer failed on {path}: {message}")
 
 
 def write_beton(out: OutputDir, rel: str, dataset, *, workers: int,
@@ -90,29 +163,30 @@ def write_beton(out: OutputDir, rel: str, dataset, *, workers: int,
         raise ValueError(f"{out.path(rel)}: no samples to write")
     image = (RGBImageField(write_mode="raw") if jpeg_quality is None
              else RGBImageField(write_mode="jpg", jpeg_quality=jpeg_quality))
+    import ffcv.writer
+
     tmp = out.tmp_path(rel)
     error_file = tmp.with_name(tmp.name + ".error")
     writer = DatasetWriter(str(tmp), {"image": image, "label": IntField()},
                            page_size=page_size, num_workers=workers)
-    before = set(multiprocessing.active_children())
-    stop = threading.Event()
+    started: list = []
+    stop, tripped = threading.Event(), threading.Event()
     if threading.current_thread() is threading.main_thread():
-        threading.Thread(target=_watch, args=(error_file, stop), daemon=True).start()
+        threading.Thread(target=_watch, args=(error_file, started, stop, tripped),
+                         daemon=True).start()
+    stock_process, ffcv.writer.Process = ffcv.writer.Process, _worker_class(error_file, started)
     try:
         chunksize = max(1, min(100, len(dataset) // (4 * writer.num_workers)))  # balanced tail
         writer.from_indexed_dataset(_Guarded(dataset, error_file), chunksize=chunksize)
-    except KeyboardInterrupt:
-        if not error_file.exists():
-            raise
-        for proc in set(multiprocessing.active_children()) - before:
-            proc.terminate()
-        sm = getattr(writer, "metadata_sm", None)
-        if sm is not None:
-            sm.close()
-            sm.unlink()
-        message = error_file.read_text().splitlines()[0]
-        error_file.unlink()
-        raise RuntimeError(f"FFCV writer failed on {out.path(rel)}: {message}") from None
+    except BaseException:
+        stop.set()
+        # The watchdog's interrupt is a worker's failure; any other, the user's (or a signal's).
+        error = _failure(out.path(rel), error_file, started) if tripped.is_set() else None
+        _stop(writer, started, tmp, error_file)
+        if error is None:
+            raise  # an interruption (Ctrl-C, SIGTERM): the caller reports it
+        raise error from None
     finally:
         stop.set()
+        ffcv.writer.Process = stock_process
     return out.commit(rel, tmp, samples=len(dataset))

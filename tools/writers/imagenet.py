@@ -9,6 +9,7 @@ kept originals with the same function and lets FFCV JPEG-encode them once.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from records import format as fmt
 from ..datasets.imagenet import Item, load_source, read_item
 from ..datasets.images import BadImage, encode_jpeg, prepare
 from .atomic import OutputDir, fingerprint
+from .children import die_with_parent
 from .ffcv import import_ffcv, page_size_for, write_beton
 from .webdataset import ShardWriter
 
@@ -69,6 +71,7 @@ class _Kept:
 @dataclass
 class SplitResult:
     kept: list[Item] = field(default_factory=list)
+    dropped: list[Item] = field(default_factory=list)
     per_class: np.ndarray | None = None
     skipped: list[dict] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
@@ -100,7 +103,7 @@ class Job:
         result = SplitResult(per_class=np.zeros(self.n_classes, dtype=np.int64), shard_size=size)
         tasks = [(items[i], max_side, self.quality, shards) for _, chunk in todo for i in chunk]
         if tasks:
-            with Pool(self.workers) as pool:
+            with Pool(self.workers, die_with_parent, (os.getpid(),)) as pool:
                 results = pool.imap(_scan, tasks, chunksize=4)
                 bar = tqdm(total=len(tasks), desc=f"{split} decode", unit="img", disable=None)
                 for k, chunk in todo:
@@ -112,6 +115,7 @@ class Job:
             note = notes[k]
             dropped = {s["index"] for s in note["skipped"]}
             result.kept += [items[i] for i in chunk if i not in dropped]
+            result.dropped += [items[i] for i in sorted(dropped)]
             result.skipped += [{"file": s["file"], "reason": s["reason"]} for s in note["skipped"]]
             result.per_class += np.asarray(note["per_class"], dtype=np.int64)
             result.max_raw = max(result.max_raw, note["max_raw"])
@@ -156,6 +160,18 @@ class Job:
         return note
 
 
+def _check_classes_kept(result: SplitResult, classes: list[str], src) -> None:
+    """Every class must keep a train image (tools/datasets/imagenet.py's class rule)."""
+    empty = [label for label, n in enumerate(result.per_class) if n == 0]
+    if empty:
+        files = [item.name for item in result.dropped if item.label == empty[0]]
+        more = f" (and {len(empty) - 1} more classes)" if len(empty) > 1 else ""
+        raise ValueError(f"{src}: train class {classes[empty[0]]}{more} has no decodable image: "
+                         f"all {len(files)} were skipped ({', '.join(files[:5])}"
+                         f"{', ...' if len(files) > 5 else ''}); a class must keep at least one "
+                         "image: replace those files (or remove the class, with --allow-subset)")
+
+
 def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_quality,
                      train_max_side, val_max_side, shard_size, shuffle_seed=0):
     source = load_source(src, allow_subset)
@@ -184,6 +200,8 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
         for split, items in splits.items():
             t0 = time.perf_counter()
             results[split] = job.split(split, items, max_side[split], shard_size)
+            if split == "train":
+                _check_classes_kept(results[split], source.classes, src)
             report[stage]["seconds"] += time.perf_counter() - t0
             report[stage]["images"] += results[split].written
         files = {rel: sha for r in results.values() for rel, sha in r.files.items()}
@@ -205,7 +223,7 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
         extra = {"class_names": source.class_names} if source.class_names else {}
         manifest = fmt.make_manifest(
             dataset="imagenet", formats=formats, source={"path": str(src), **source.identity},
-            settings=settings, classes=source.classes, splits=splits_info, files=files,
+            settings=settings, classes=source.classes, splits=splits_info, files=files, root=root,
             skipped=source.skipped + [s for r in results.values() for s in r.skipped],
             fingerprint=out.fingerprint, **extra)
         out.write_manifest(manifest)
