@@ -1,6 +1,7 @@
 """An ImageNet-format photo set for benchmarks, from nothing but scikit-image's bundled photos.
 
   python tools/datasets/photos.py --out DIR [--train 3000] [--val 300] [--classes 100]
+  python tools/datasets/photos.py --export-sources DIR   # the photos, for --sources elsewhere
 
 Each image is a random crop of one photo, flipped at random and resized to a size drawn from
 ImageNet's distribution (longer side 500 px for most, 200-500 px for the rest; 4:3-ish aspect,
@@ -119,7 +120,10 @@ def write_photo_set(out, n_train: int = 3000, n_val: int = 300, classes: int = 1
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="write the set here")
+    parser.add_argument("--export-sources", type=Path, metavar="DIR",
+                        help="only save the source photos as PNGs in DIR (for --sources on a "
+                        "machine without scikit-image)")
     parser.add_argument("--train", type=int, default=3000, help="train images")
     parser.add_argument("--val", type=int, default=300, help="val images")
     parser.add_argument("--classes", type=int, default=100)
@@ -128,6 +132,11 @@ def main(argv=None) -> None:
     parser.add_argument("--sources", help="folder of photos to crop from (default: "
                         "scikit-image's)")
     args = parser.parse_args(argv)
+    if args.export_sources:
+        print(f"{export_sources(args.export_sources)}: {len(PHOTOS)} source photos")
+        return
+    if args.out is None:
+        parser.error("give --out DIR (or --export-sources DIR)")
     out = write_photo_set(args.out, args.train, args.val, args.classes, args.seed, args.workers,
                           args.sources)
     print(f"{out}: {args.train} train + {args.val} val JPEGs, {args.classes} classes")
