@@ -42,11 +42,19 @@ def check_batches(loader, what: str) -> None:
 
 def measure_loader(cfg: DataConfig, split: str, device: torch.device, warmup: int,
                    batches: int) -> dict:
-    """Build time, first-batch latency, then images/s over `batches` batches after warm-up."""
+    """Build time, first-batch latency, then images/s over `batches` batches after `warmup`.
+
+    Eval splits are timed over whole passes after two warm passes: an eval pays its pass's
+    start-up (DALI builds its pipeline per pass, FFCV starts its thread and JIT-compiles the
+    last, partial batch's shape), and a part of a small pass would over-weight it."""
     t0 = time.perf_counter()
     loader = build_loader(cfg, split, device)
     check_batches(loader, f"{cfg.dataset} {split} {cfg.backend}")
     t1 = time.perf_counter()
+    if split != "train":
+        per_pass = len(loader)
+        warmup = max(2, -(-warmup // per_pass)) * per_pass
+        batches = max(1, -(-batches // per_pass)) * per_pass
     stream = batches_forever(loader)
     images, _ = next(stream)
     device_sync(device)
