@@ -8,7 +8,7 @@ DATA   ?= data/records
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
 .PHONY: install lint test test-fast quickstart dataset-cifar10 dataset-cifar100 dataset-imagenet \
-        clean
+        bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,18 @@ dataset-imagenet: install
 quickstart: install
 	test -f $(DATA)/cifar10/manifest.json || $(MAKE) dataset-cifar10
 	$(PY) train/run.py configs/quickstart.yaml data.root=$(DATA)/cifar10 $(ARGS)
+
+# Every backend alone and end to end, trainer vs bare loop, layouts, converter vs PIL: builds
+# its own ImageNet-format photo set, uses CIFAR-10 when converted. Writes bench/results/.
+bench: install
+	$(PY) tools/bench.py --cifar $(DATA)/cifar10 $(ARGS)
+
+# On a GPU machine (no venv there: GPU_PY=python3): CUDA tests, the benchmark, the ResNet-32
+# paper schedule. CIFAR10_TAR / PHOTO_SOURCES: staged files (shared/GPU.md). --smoke: CPU dry run.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py $(if $(CIFAR10_TAR),--cifar-tar $(CIFAR10_TAR)) \
+	    $(if $(PHOTO_SOURCES),--sources $(PHOTO_SOURCES)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

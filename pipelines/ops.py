@@ -6,6 +6,7 @@ are a pure function of (seed, epoch, rank, batch index) whatever the thread or r
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,21 @@ def scale_and_crop(image: torch.Tensor, scale: int, crop: int, generator: torch.
     image = resize_shorter(image, scale)
     top, left = random_crop_box(image.shape[-2], image.shape[-1], crop, generator)
     return image[..., top:top + crop, left:left + crop]
+
+
+@contextlib.contextmanager
+def single_thread_on_cpu(device):
+    """torch on one thread inside the block when `device` is the CPU (a loader's host-side ops
+    while its own threads decode), restored after."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def center_crop(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:

@@ -284,30 +284,6 @@ def write_pattern_folder(root: Path) -> Path:
     return write_folder(root, splits, n_classes=len(train_items()))
 
 
-def write_photo_folder(root: Path, n_train: int, n_val: int, n_classes: int = 10,
-                       seed: int = 0) -> Path:
-    """Photo-like JPEGs of ImageNet-typical sizes (random crops/rescales of scikit-image's
-    photos, quality 90) for benchmarks."""
-    rng = np.random.default_rng(seed)
-    names = PATTERN_PHOTOS + ["hubble_deep_field", "retina", "immunohistochemistry"]
-    sources = [Image.fromarray(photo_array(name)) for name in names]
-    splits = {}
-    for split, count in (("train", n_train), ("val", n_val)):
-        images = []
-        for i in range(count):
-            source = sources[rng.integers(len(sources))]
-            w, h = source.size
-            cw, ch = int(w * rng.uniform(0.6, 1)), int(h * rng.uniform(0.6, 1))
-            left, top = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
-            short = int(rng.integers(300, 500))
-            scale = short / min(cw, ch)
-            crop = source.crop((left, top, left + cw, top + ch))
-            crop = crop.resize((round(cw * scale), round(ch * scale)), Image.Resampling.BILINEAR)
-            images.append((i % n_classes, f"{split}_{i:06d}", np.asarray(crop)))
-        splits[split] = images
-    return write_folder(root, splits, n_classes=n_classes, quality=90)
-
-
 def to_records(folder: Path, out: Path) -> Path:
     """Convert an ImageNet folder into the records of every installed format."""
     import importlib.util

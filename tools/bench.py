@@ -1,306 +1,288 @@
-"""Images/second of every data backend (train and eval), beside the torchvision DataLoader
-baseline, in one run; optionally end to end (training steps/second vs the synthetic upper bound).
+"""Where the time goes, in one run: every data backend alone (train and eval) beside the
+torchvision DataLoader, training end to end through train.loop.train_one_epoch against the
+synthetic upper bound, the trainer against a bare eager loop, channels_last against contiguous,
+and the ImageNet converter against a one-process PIL reference.
 
-  python tools/bench.py --cifar data/records/cifar10 --imagenet data/records/imagenet
-  python tools/bench.py --cifar data/records/cifar10 --e2e --model resnet20
+  make bench                                      # everything, from nothing but `make install`
+  python tools/bench.py [--cifar DIR] [--imagenet DIR] [--smoke] [...]
 
-Writes bench/results/<name>.json and .md with the device, versions and this exact command.
-The machine may be shared and noisy: compare numbers from one run, not across runs.
+Without --imagenet it builds an ImageNet-format set from real photos (tools/datasets/photos.py)
+under --work and converts it (that conversion is the converter benchmark). CIFAR-10 is used when
+converted (--cifar, default data/records/cifar10 if there). Writes
+bench/results/<machine>-<date>.{json,md,png} with the device, versions, load average before and
+after, and this exact command. On a busy machine the numbers are low and noisy: the ratios from
+interleaved rounds (trainer ÷ bare loop, layouts) hold up best.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
-import json
-import os
-import platform
 import shlex
 import sys
 import time
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402
 
-from pipelines import build_loader  # noqa: E402
-from pipelines.spec import DataConfig, num_classes  # noqa: E402
+from pipelines.spec import AugSpec, DataConfig  # noqa: E402
 from records import format as fmt  # noqa: E402
+from tools.benchmark import measure, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("native", "torchvision", "ffcv", "dali")
-NEEDS = {"ffcv": ("ffcv",), "dali": ("nvidia.dali",)}
-PACKAGES = ("torch", "torchvision", "numpy", "pillow", "ffcv", "nvidia-dali-cuda130", "numba",
-            "opencv-python")
+NEEDS = {"ffcv": "ffcv", "dali": "nvidia.dali"}
+DEFAULT_CIFAR = ROOT / "data" / "records" / "cifar10"
+
+
+@dataclass
+class Sizes:
+    """How much to run: CPU, GPU and smoke (CI) defaults; flags override any of them."""
+
+    photos: int  # train images of the generated set (val: a tenth)
+    classes: int
+    cifar_batch: int  # loaders alone
+    imagenet_batch: int
+    batches: int
+    warmup: int
+    cifar_model: str
+    imagenet_model: str
+    cifar_e2e_batch: int
+    imagenet_e2e_batch: int
+    steps: int  # timed e2e steps
+    e2e_warmup: int
+    rounds: int  # interleaved rounds (trainer vs bare, layouts)
+    round_steps: int
+    imagenet_crop: int = 224  # smoke: small crops of small rescales, so CPU steps are quick
+
+
+PROFILES = {
+    "cpu": Sizes(3000, 100, 512, 64, 20, 3, "resnet32", "resnet34", 128, 16, 12, 4, 5, 4),
+    "cuda": Sizes(20000, 100, 512, 256, 50, 10, "resnet32", "resnet34", 128, 256, 100, 30,
+                  5, 30),
+    "smoke": Sizes(48, 4, 32, 8, 2, 1, "resnet20", "resnet18", 16, 4, 2, 1, 1, 1, 64),
+}
 
 
 def available(backend: str) -> str | None:
     """None if the backend can run here, else why not."""
-    for module in NEEDS.get(backend, ()):
-        try:
-            if importlib.util.find_spec(module) is None:
-                return f"{module} not installed"
-        except ImportError:
+    module = NEEDS.get(backend)
+    try:
+        if module and importlib.util.find_spec(module) is None:
             return f"{module} not installed"
+    except (ImportError, ValueError):
+        return f"{module} not installed"
     return None
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    add = parser.add_argument
+    add("--cifar", help="CIFAR-10/100 records (tools/convert.py output); default "
+        f"{DEFAULT_CIFAR.relative_to(ROOT)} when converted")
+    add("--imagenet", help="ImageNet records; default: build the photo set under --work")
+    add("--work", default=str(ROOT / "build" / "bench"), help="photo set and its records")
+    add("--backends", default=",".join(BACKENDS))
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--workers", type=int, default=None, help="data.num_workers (default: all cores)")
+    add("--smoke", action="store_true", help="tiny sizes: checks that every part runs (CI)")
+    add("--only", default="loaders,e2e,trainer,layouts,convert",
+        help="comma list of parts to run")
+    add("--photos", type=int, help="train images of the generated set")
+    add("--sources", help="folder of photos for the set (default: scikit-image's)")
+    add("--steps", type=int, help="timed e2e steps")
+    add("--amp", default="bf16", help="run.amp of the e2e runs (CUDA only)")
+    add("--compile", default="false", help="run.compile of the e2e runs")
+    add("--no-channels-last", action="store_true", help="data.channels_last=false")
+    add("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    add("--out", default=str(ROOT / "bench" / "results"))
+    add("--name", help="results file stem (default <machine>-<date>)")
+    add("--note", action="append", default=[], help="free text saved with the results")
+    args = parser.parse_args(argv)
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+    args.only = {p.strip() for p in args.only.split(",") if p.strip()}
+    parts = {"loaders", "e2e", "trainer", "layouts", "convert"}
+    if args.only - parts:
+        parser.error(f"--only: unknown {sorted(args.only - parts)}; choose from {sorted(parts)}")
+    args.compile = {"false": False, "true": "default"}.get(args.compile.lower(), args.compile)
+    return args
 
 
-def batches_forever(loader):
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
-def measure_loader(cfg: DataConfig, split: str, device: torch.device, warmup: int,
-                   batches: int) -> dict:
-    """Build time, first-batch latency, then images/s over `batches` batches after warm-up."""
-    t0 = time.perf_counter()
-    loader = build_loader(cfg, split, device)
-    t1 = time.perf_counter()
-    stream = batches_forever(loader)
-    images, _ = next(stream)
-    sync(device)
-    t2 = time.perf_counter()
-    for _ in range(max(warmup - 1, 0)):
-        next(stream)
-    sync(device)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        images, labels = next(stream)
-        count += len(labels)
-    sync(device)
-    elapsed = time.perf_counter() - start
-    stream.close()
-    return {"images_per_s": count / elapsed, "images": count, "seconds": elapsed,
-            "build_s": t1 - t0, "first_batch_s": t2 - t1, "batches_per_epoch": len(loader),
-            "batch_shape": list(images.shape)}
-
-
-def measure_training(cfg: DataConfig, device: torch.device, model_name: str, warmup: int,
-                     steps: int) -> dict:
-    """SGD steps/s of `model_name` fed by cfg.backend's train loader."""
-    from models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(model_name, num_classes(cfg.dataset)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    stream = batches_forever(build_loader(cfg, "train", device))
-
-    def step():
-        images, labels = next(stream)
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return len(labels)
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    count = sum(step() for _ in range(steps))
-    sync(device)
-    elapsed = time.perf_counter() - start
-    stream.close()
-    return {"steps_per_s": steps / elapsed, "images_per_s": count / elapsed, "steps": steps,
-            "seconds": elapsed}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
+def attempt(row: dict, what: str, work) -> dict:
+    """row updated with work()'s result, or with a note saying why it failed (one failing
+    backend must not hide the others)."""
+    print(f"{what} ...", flush=True)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores usable, no GPU)"
+        row.update(work())
+    except Exception as error:  # noqa: BLE001
+        row["note"] = f"failed: {type(error).__name__}: {error}"
+    print(f"  {row['images_per_s']:,.0f} img/s" if row.get("images_per_s") else
+          f"  {row.get('note', '')}", flush=True)
+    return row
 
 
-def load_average():
-    """The machine's 1/5/15-minute load: how much else was running (the numbers depend on it)."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+def photo_records(args, sizes: Sizes, workers: int, notes: list[str]):
+    """(records folder, converter comparison) of the generated photo set."""
+    from tools.benchmark.conversion import compare
+    from tools.datasets.photos import write_photo_set
 
-
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def number(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
-
-
-def ratio_table(rows: list[dict], key: str, unit: str) -> list[str]:
-    lines = [f"| dataset | split | backend | {unit} | × torchvision | notes |",
-             "|---|---|---|---:|---:|---|"]
-    for row in rows:
-        lines.append(f"| {row['dataset']} | {row['split']} | {row['backend']} | "
-                     f"{number(row.get(key))} | {number(row.get('ratio'))} | "
-                     f"{row.get('note', '')} |")
-    return lines
-
-
-def add_ratios(rows: list[dict], key: str, base: str = "torchvision") -> None:
-    reference = {(r["dataset"], r["split"]): r[key] for r in rows
-                 if r["backend"] == base and r.get(key)}
-    for row in rows:
-        if row.get(key) and (row["dataset"], row["split"]) in reference:
-            row["ratio"] = row[key] / reference[(row["dataset"], row["split"])]
+    work = Path(args.work)
+    n_train = args.photos or sizes.photos
+    src = work / f"photos-{n_train}"
+    print(f"photo set: {n_train} train + {n_train // 10} val images in {src} ...", flush=True)
+    t0 = time.perf_counter()
+    write_photo_set(src, n_train, max(n_train // 10, sizes.classes), sizes.classes,
+                    workers=workers, source_folder=args.sources)
+    notes.append(f"ImageNet-format set: {n_train} train + {max(n_train // 10, sizes.classes)} "
+                 f"val photos (tools/datasets/photos.py, {time.perf_counter() - t0:.0f} s), "
+                 "converted below")
+    formats = ["webdataset"] + (["ffcv"] if available("ffcv") is None else [])
+    print(f"converting ({', '.join(formats)}) ...", flush=True)
+    conversion = compare(src, work / "records", formats, workers,
+                         reference_limit=min(500, n_train))
+    if "convert" not in args.only:
+        conversion = None
+    return Path(work / "records" / "imagenet"), conversion
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cifar", help="CIFAR-10/100 dataset folder (tools/convert.py output)")
-    parser.add_argument("--imagenet", help="ImageNet dataset folder (tools/convert.py output)")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=2, help="data.num_workers")
-    parser.add_argument("--cifar-batch", type=int, default=512)
-    parser.add_argument("--imagenet-batch", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
-    parser.add_argument("--e2e", action="store_true", help="also time training steps")
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps (--e2e)")
-    parser.add_argument("--e2e-batch", type=int, default=128, help="batch size of --e2e")
-    parser.add_argument("--name", help="results file name (default from device and datasets)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--note", default="", help="free text saved with the results")
-    args = parser.parse_args(argv)
-    if not (args.cifar or args.imagenet):
-        parser.error("give --cifar and/or --imagenet (dataset folders from tools/convert.py)")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(backends) - set(BACKENDS))
-    if unknown:
-        parser.error(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+    args = parse_args(argv)
     device = torch.device(args.device)
+    sizes = PROFILES["smoke" if args.smoke else device.type]
+    if args.steps:
+        sizes = replace(sizes, steps=args.steps)
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = load_average()
+    workers = args.workers or report.cores()
+    load_before = report.load_average()
+    if report.is_busy(load_before):
+        print(f"warning: load average {load_before} on {report.cores()} cores: the machine is "
+              "busy, the numbers will be low and noisy", file=sys.stderr)
+    settings = measure.RunSettings(device=str(device), amp=args.amp, compile=args.compile,
+                                   channels_last=not args.no_channels_last, workers=workers)
+    notes, conversion = list(args.note), None
 
-    datasets = []
-    for root, batch in ((args.cifar, args.cifar_batch), (args.imagenet, args.imagenet_batch)):
-        if root:
-            manifest = fmt.read_manifest(root)
-            datasets.append((manifest["dataset"], root, batch))
+    datasets = []  # (name, records, loader batch, model, e2e batch)
+    cifar = Path(args.cifar) if args.cifar else DEFAULT_CIFAR
+    if (cifar / fmt.MANIFEST).is_file():
+        name = fmt.read_manifest(cifar)["dataset"]
+        datasets.append((name, cifar, sizes.cifar_batch, sizes.cifar_model,
+                         sizes.cifar_e2e_batch))
+    else:
+        notes.append(f"no CIFAR records at {cifar}: `make dataset-cifar10` adds them")
+    if args.imagenet:
+        imagenet = Path(args.imagenet)
+    else:
+        imagenet, conversion = photo_records(args, sizes, workers, notes)
+    datasets.append(("imagenet", imagenet, sizes.imagenet_batch, sizes.imagenet_model,
+                     sizes.imagenet_e2e_batch))
 
-    loader_rows, train_rows = [], []
-    for dataset, root, batch in datasets:
-        for backend in backends:
+    loaders, e2e = [], []
+    for dataset, root, batch, model, e2e_batch in datasets:
+        for backend in args.backends:
             why = available(backend)
-            cfg = DataConfig(dataset=dataset, root=root, backend=backend, batch_size=batch,
-                             eval_batch_size=batch, num_workers=args.workers)
+            cfg = data_config(dataset, root, backend, batch, sizes, num_workers=workers,
+                              channels_last=settings.channels_last)
             for split in ("train", "val" if dataset == "imagenet" else "test"):
-                row = {"dataset": dataset, "split": split, "backend": backend}
+                row = {"dataset": dataset, "split": split, "backend": backend, "batch": batch}
                 if why:
                     row["note"] = f"skipped: {why}"
-                else:
-                    print(f"{dataset} {split} {backend} ...", flush=True)
-                    try:
-                        row.update(measure_loader(cfg, split, device, args.warmup, args.batches))
-                    except Exception as error:  # one failing backend must not hide the others
-                        row["note"] = f"failed: {type(error).__name__}: {error}"
-                    print(f"  {row.get('images_per_s', 0):,.0f} img/s {row.get('note', '')}")
-                loader_rows.append(row)
-            if args.e2e:
-                row = {"dataset": dataset, "split": "train", "backend": backend,
-                       "model": args.model}
-                if why:
-                    row["note"] = f"skipped: {why}"
-                else:
-                    print(f"{dataset} e2e {args.model} {backend} ...", flush=True)
-                    try:
-                        row.update(measure_training(replace(cfg, batch_size=args.e2e_batch),
-                                                    device, args.model, args.warmup,
-                                                    args.steps))
-                    except Exception as error:
-                        row["note"] = f"failed: {type(error).__name__}: {error}"
-                train_rows.append(row)
-        if args.e2e:
-            cfg = DataConfig(dataset=dataset, root=root, backend="synthetic",
-                             batch_size=args.e2e_batch)
-            print(f"{dataset} e2e {args.model} synthetic ...", flush=True)
-            train_rows.append({"dataset": dataset, "split": "train", "backend": "synthetic",
-                               "model": args.model,
-                               **measure_training(cfg, device, args.model, args.warmup,
-                                                  args.steps)})
-    add_ratios(loader_rows, "images_per_s")
-    for row in train_rows:  # end to end: fraction of the synthetic upper bound
-        bound = next((r["steps_per_s"] for r in train_rows if r["backend"] == "synthetic"
-                      and r["dataset"] == row["dataset"]), None)
-        if row.get("steps_per_s") and bound:
-            row["of_synthetic"] = row["steps_per_s"] / bound
+                elif "loaders" in args.only:
+                    attempt(row, f"{dataset} {split} {backend}", lambda cfg=cfg, split=split:
+                            measure.measure_loader(cfg, split, device, sizes.warmup,
+                                                   sizes.batches))
+                loaders.append(row)
+        if "e2e" not in args.only:
+            continue
+        for backend in [*args.backends, "synthetic"]:
+            why = available(backend)
+            row = {"dataset": dataset, "backend": backend, "model": model, "batch": e2e_batch}
+            root_ = measure.NO_RECORDS if backend == "synthetic" else str(root)
+            cfg = data_config(dataset, root_, backend, e2e_batch, sizes)
+            if why:
+                row["note"] = f"skipped: {why}"
+            else:
+                attempt(row, f"{dataset} e2e {model} {backend}", lambda cfg=cfg, model=model:
+                        measure.measure_e2e(cfg, model, settings, sizes.e2e_warmup,
+                                            sizes.steps))
+            e2e.append(row)
+    add_ratios(loaders, e2e)
 
-    command = shlex.join(["python", *([sys.argv[0]] if argv is None else ["tools/bench.py"]),
+    trainer = []
+    if "trainer" in args.only:
+        for dataset, _, _, model, e2e_batch in datasets:
+            print(f"trainer vs bare loop: {model} batch {e2e_batch} ...", flush=True)
+            synthetic = data_config(dataset, measure.NO_RECORDS, "synthetic", e2e_batch, sizes,
+                                    channels_last=settings.channels_last)
+            trainer.append({"dataset": dataset, **measure.trainer_vs_bare(
+                synthetic, model, settings, sizes.round_steps, sizes.rounds)})
+            print(f"  trainer ÷ bare = {trainer[-1]['ratio']:.2f}", flush=True)
+    layouts = []
+    if "layouts" in args.only:
+        for dataset, _, _, model, e2e_batch in datasets:
+            print(f"layouts: {model} batch {e2e_batch} ...", flush=True)
+            size = sizes.imagenet_crop if dataset == "imagenet" else 32
+            layouts.append(measure.layouts(dataset, model, e2e_batch, size, str(device),
+                                           sizes.round_steps, sizes.rounds))
+            print(f"  channels_last ÷ contiguous = {layouts[-1]['speedup']:.2f}", flush=True)
+
+    load_after = report.load_average()
+    stamp = report.now()
+    command = shlex.join(["python", "tools/bench.py",
                           *(sys.argv[1:] if argv is None else argv)])
     result = {
-        "command": command, "cwd": os.getcwd(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_name(device), "device_type": device.type, "versions": versions(),
+        "command": command, "date": stamp.isoformat(timespec="seconds"),
+        "machine": report.machine_tag(device), "device": report.device_name(device),
+        "device_type": device.type, "cores": report.cores(), "versions": report.versions(),
         "torch_threads": torch.get_num_threads(),
-        "load_average": {"before": load_before,
-                         "after": load_average()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "name")},
-        "loaders": loader_rows, "training": train_rows,
+        "load_average": {"before": load_before, "after": load_after},
+        "busy": report.is_busy(load_before) or report.is_busy(load_after),
+        "settings": {"smoke": args.smoke, "workers": workers, "amp": args.amp,
+                     "compile": args.compile, "channels_last": settings.channels_last,
+                     **{k: v for k, v in vars(sizes).items()}},
+        "datasets": [{"name": d, "records": str(r), "loader_batch": b, "model": m,
+                      "e2e_batch": eb} for d, r, b, m, eb in datasets],
+        "loaders": loaders, "e2e": e2e, "trainer_vs_bare": trainer, "layouts": layouts,
+        "conversion": conversion, "notes": notes,
     }
-    tag = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1]
-    name = args.name or "_".join([tag.lower(), *(d for d, _, _ in datasets),
-                                  *(["e2e"] if args.e2e else [])])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"wrote {out / name}.json and .md")
+    name = args.name or f"{result['machine']}-{stamp:%Y-%m-%d}"
+    paths = report.write(result, Path(args.out), name)
+    print(report.markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return result
 
 
-def markdown(result: dict) -> str:
-    lines = [f"# Data pipeline benchmark ({result['date']})", "",
-             f"- command: `{result['command']}` (in `{result['cwd']}`)",
-             f"- device: {result['device']}; torch threads {result['torch_threads']}; "
-             f"load average (1/5/15 min) before {result['load_average']['before']}, after "
-             f"{result['load_average']['after']}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items())]
-    if result["settings"].get("note"):
-        lines.append(f"- note: {result['settings']['note']}")
-    lines += ["", "## Loader throughput (images/s; ratio vs the torchvision DataLoader)", ""]
-    lines += ratio_table(result["loaders"], "images_per_s", "images/s")
-    if result["training"]:
-        lines += ["", f"## End to end: SGD steps/s of {result['settings']['model']}", "",
-                  "| dataset | backend | steps/s | images/s | × synthetic | notes |",
-                  "|---|---|---:|---:|---:|---|"]
-        for row in result["training"]:
-            lines.append(f"| {row['dataset']} | {row['backend']} | "
-                         f"{number(row.get('steps_per_s'))} | {number(row.get('images_per_s'))} | "
-                         f"{number(row.get('of_synthetic'))} | {row.get('note', '')} |")
-    return "\n".join(lines) + "\n"
+def data_config(dataset: str, root, backend: str, batch: int, sizes: Sizes,
+                **extra) -> DataConfig:
+    aug = {}
+    if dataset == "imagenet" and sizes.imagenet_crop != AugSpec.crop:
+        crop = sizes.imagenet_crop
+        aug = {"aug": AugSpec(scale_min=crop * 9 // 8, scale_max=crop * 3 // 2, crop=crop,
+                              eval_resize=crop * 8 // 7)}
+    return DataConfig(dataset=dataset, root=str(root), backend=backend, batch_size=batch,
+                      eval_batch_size=batch, val_size=0, **aug, **extra)
+
+
+def add_ratios(loaders: list[dict], e2e: list[dict]) -> None:
+    """Loaders: × torchvision on the same split. E2E: efficiency = ÷ synthetic."""
+    base = {(r["dataset"], r["split"]): r["images_per_s"] for r in loaders
+            if r["backend"] == "torchvision" and r.get("images_per_s")}
+    for row in loaders:
+        if row.get("images_per_s") and (row["dataset"], row["split"]) in base:
+            row["vs_torchvision"] = row["images_per_s"] / base[(row["dataset"], row["split"])]
+    bound = {r["dataset"]: r["images_per_s"] for r in e2e
+             if r["backend"] == "synthetic" and r.get("images_per_s")}
+    for row in e2e:
+        if row.get("images_per_s") and row["dataset"] in bound:
+            row["efficiency"] = row["images_per_s"] / bound[row["dataset"]]
 
 
 if __name__ == "__main__":

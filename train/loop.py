@@ -3,6 +3,10 @@
 The loaders hand over normalized batches already on the device, so the loop never knows which
 backend feeds it. Loss and correct counts accumulate as detached device tensors; they are read
 (`.item()`, a host sync) only every `log_every` iterations, at checkpoints and at epoch ends.
+
+Every log record says where the time went: images/s, the fraction of host time spent waiting
+for the next batch (`data_wait`: host clock around `next()`, no sync), the wall time per step
+and, on CUDA, the GPU time of the last step (CUDA events, read at the log step's sync).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class TrainState:
     iteration: int = 0  # optimizer steps taken
     images: int = 0  # training images seen, all ranks
     train_time: float = 0.0  # seconds spent in train_one_epoch
+    data_wait: float = 0.0  # of those, seconds the host waited for the next batch
     elapsed: float = 0.0  # wall seconds of the whole run before this process started
     # this epoch's train [loss sum, correct, count] so far: a mid-epoch resume continues them
     epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
@@ -60,6 +65,34 @@ def device_sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepTimer:
+    """GPU time of a step from CUDA events (no sync: read after the log step's host sync)."""
+
+    def __init__(self, device: torch.device):
+        cuda = device.type == "cuda"
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda else None
+
+    def mark(self, which: int) -> None:
+        if self.events is not None:
+            self.events[which].record()
+
+    def last_ms(self) -> float | None:
+        """The last marked step's GPU milliseconds; call after a host sync."""
+        return None if self.events is None else self.events[0].elapsed_time(self.events[1])
+
+
+DATA_BOUND = 0.1  # a run waiting on its loader for more than this fraction of the time says so
+
+
+def data_verdict(wait_fraction: float) -> str:
+    """A plain sentence on whether the run was data-bound."""
+    percent = f"{100 * wait_fraction:.0f}%"
+    if wait_fraction > DATA_BOUND:
+        return (f"data-bound: {percent} of the time waiting on the loader; try "
+                "data.num_workers / another data.backend")
+    return f"not data-bound: {percent} of the time waiting on the loader"
+
+
 def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, precision: Precision,
                     state: TrainState, settings: LoopSettings, env: DistEnv,
                     on_log: Callable[[dict], None], on_checkpoint: Callable[[], None],
@@ -81,8 +114,16 @@ def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, prec
     epoch_sums = torch.tensor(state.epoch_sums, dtype=torch.float64)
     bar = tqdm(total=len(loader), initial=state.batch, disable=not settings.progress,
                desc=f"epoch {state.epoch}", leave=False, dynamic_ncols=True)
-    last_images, stopped = state.images, False
-    for images, labels in batches:
+    last_images, last_iter, stopped = state.images, state.iteration, False
+    timer, wait, waited = StepTimer(device), 0.0, 0.0  # wait: this log interval; waited: here
+    while True:
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        wait += time.perf_counter() - asked
+        if batch is None:
+            break
+        images, labels = batch
+        timer.mark(0)
         if settings.mark_step:
             torch.compiler.cudagraph_mark_step_begin()
         lr = schedule.lr(state.iteration)
@@ -94,6 +135,7 @@ def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, prec
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        timer.mark(1)
         n = labels.shape[0]
         sums[0] += loss.detach().float() * n
         sums[1] += (logits.detach().argmax(1) == labels).sum()
@@ -119,23 +161,33 @@ def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, prec
             epoch_sums += torch.tensor([loss_sum, correct, count], dtype=torch.float64)
             state.epoch_sums = epoch_sums.tolist()
             now = time.perf_counter()
+            interval = max(now - last_log, 1e-9)
             record = {"loss": loss_sum / count, "error": 100.0 * (1 - correct / count),
-                      "lr": lr,
-                      "img_per_s": (state.images - last_images) / max(now - last_log, 1e-9)}
-            last_log, last_images = now, state.images
+                      "lr": lr, "img_per_s": (state.images - last_images) / interval,
+                      "data_wait": min(wait / interval, 1.0),
+                      "step_ms": 1000 * interval / max(state.iteration - last_iter, 1)}
+            gpu_ms = timer.last_ms()
+            if gpu_ms is not None:
+                record["gpu_step_ms"] = gpu_ms
+            last_log, last_images, last_iter = now, state.images, state.iteration
+            waited, wait = waited + wait, 0.0
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
-                            img_s=f"{record['img_per_s']:.0f}")
+                            img_s=f"{record['img_per_s']:.0f}",
+                            wait=f"{100 * record['data_wait']:.0f}%",
+                            step=f"{record['step_ms']:.0f}ms")
             on_log(record)
             stopped = votes > 0
             if at_ckpt or stopped:
                 state.train_time += time.perf_counter() - start
-                start = time.perf_counter()
+                state.data_wait += waited
+                start, waited = time.perf_counter(), 0.0
                 on_checkpoint()
             if stopped or state.iteration >= settings.total_iters:
                 break
     bar.close()
     device_sync(device)
     state.train_time += time.perf_counter() - start
+    state.data_wait += waited + wait
     loss_sum, correct, count = epoch_sums.tolist()
     return {"loss": loss_sum / max(count, 1), "error": 100.0 * (1 - correct / max(count, 1)),
             "stopped": stopped}

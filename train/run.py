@@ -34,9 +34,11 @@ from train.checkpoint import BEST, LAST, PREVIOUS
 from train.config import Config, ConfigError, dump_config, load_config, to_dict
 from train.files import RunError, RunLock, set_aside
 from train.loop import (
+    DATA_BOUND,
     LoopSettings,
     NonFiniteLoss,
     TrainState,
+    data_verdict,
     device_sync,
     evaluate,
     train_one_epoch,
@@ -367,6 +369,7 @@ class Trainer:
             parts.append(f"val err {val['top1_error']:5.2f}% (top-5 {val['top5_error']:.2f}%)")
         parts += [f"lr {self.schedule.lr(state.iteration):.3g}",
                   f"{state.images / max(state.train_time, 1e-9):.0f} img/s",
+                  f"data wait {100 * state.data_wait / max(state.train_time, 1e-9):.0f}%",
                   f"{time.perf_counter() - self.clock0:.0f}s"]
         return " | ".join(parts)
 
@@ -400,6 +403,7 @@ class Trainer:
         if self.val_loader is None:  # nothing to choose by: the final model is the best
             ckpt.save_atomic(ckpt.load_checkpoint(self.run_dir / LAST), self.run_dir / BEST)
         wall = time.perf_counter() - self.clock0
+        wait = state.data_wait / max(state.train_time, 1e-9)
         tta = self.time_to_target
         device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
         summary = {
@@ -413,6 +417,7 @@ class Trainer:
             "final": {"val": val, split: final},
             "best": None if self.best is None else {**self.best, split: best},
             "images_per_sec": state.images / max(state.train_time, 1e-9),
+            "data_wait_fraction": wait, "data_verdict": data_verdict(wait),
             "train_time_s": state.train_time, "wall_time_s": wall,
             "target_error": cfg.run.target_error,
             "time_to_target_s": None if tta is None else tta["seconds"],
@@ -428,6 +433,8 @@ class Trainer:
                    f"(top-5 {final['top5_error']:.2f}%), {summary['images_per_sec']:.0f} img/s, "
                    f"{wall:.0f}s\n  curves:  {self.run_dir / 'curves.png'}\n"
                    f"  summary: {self.run_dir / 'summary.json'}")
+        if wait > DATA_BOUND:
+            tqdm.write(summary["data_verdict"])
         return summary
 
     def close(self, result: Result) -> Result:

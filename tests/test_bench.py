@@ -1,0 +1,60 @@
+"""`tools/bench.py --smoke`: every part runs, every installed backend produces a number, and the
+results have their schema. Speed goals stay in the benchmark itself, not here."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from fixtures import make_cifar_tar
+from tools.bench import BACKENDS, main
+from tools.benchmark.report import SCHEMA
+
+
+def installed(backend: str) -> bool:
+    module = {"ffcv": "ffcv", "dali": "nvidia.dali"}.get(backend)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
+    from tools.convert import convert
+
+    tar = make_cifar_tar(tmp_path / "cifar.tar.gz", train_per_class=8, test_per_class=4)
+    formats = ["arrays"] + (["ffcv"] if installed("ffcv") else [])
+    cifar = convert("cifar10", src=tar["path"], out=tmp_path / "records", formats=formats,
+                    allow_subset=True, quiet=True)
+    out = tmp_path / "results"
+    result = main(["--smoke", "--cifar", str(cifar), "--work", str(tmp_path / "work"),
+                   "--out", str(out), "--name", "smoke"])
+
+    assert set(result) == set(SCHEMA)
+    saved = json.loads((out / "smoke.json").read_text())
+    assert set(saved) == set(SCHEMA) and saved["command"].startswith("python tools/bench.py")
+    assert (out / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Loaders alone" in (out / "smoke.md").read_text()
+    assert [d["name"] for d in result["datasets"]] == ["cifar10", "imagenet"]
+    assert len(result["load_average"]["before"]) == 3
+
+    expected = [b for b in BACKENDS if installed(b)]
+    for dataset, splits in (("cifar10", ("train", "test")), ("imagenet", ("train", "val"))):
+        for split in splits:
+            got = {r["backend"]: r for r in result["loaders"]
+                   if r["dataset"] == dataset and r["split"] == split}
+            for backend in expected:
+                assert got[backend].get("images_per_s", 0) > 0, got[backend]
+                assert got[backend]["vs_torchvision"] > 0
+        e2e = {r["backend"]: r for r in result["e2e"] if r["dataset"] == dataset}
+        for backend in [*expected, "synthetic"]:
+            assert e2e[backend].get("images_per_s", 0) > 0, e2e[backend]
+            assert e2e[backend]["efficiency"] > 0 and 0 <= e2e[backend]["data_wait"] <= 1
+    assert [r["dataset"] for r in result["trainer_vs_bare"]] == ["cifar10", "imagenet"]
+    assert all(r["ratio"] > 0 for r in result["trainer_vs_bare"])
+    assert all(r["speedup"] > 0 for r in result["layouts"])
+    conversion = result["conversion"]
+    assert conversion["reference"]["images_per_s"] > 0
+    assert "webdataset" in conversion["stages"] and conversion["of_reference_x_cores"] > 0
+    if installed("ffcv"):
+        assert conversion["stages"]["ffcv"]["images_per_s"] > 0

@@ -1,0 +1,218 @@
+"""The benchmark's results: machine facts, then <machine>-<date>.json, .md and .png.
+
+The JSON is the record (SCHEMA lists its top-level keys); the Markdown and the chart are views.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "torchvision", "numpy", "pillow", "ffcv", "nvidia-dali-cuda130", "numba",
+            "opencv-python")
+SCHEMA = ("command", "date", "machine", "device", "device_type", "cores", "versions",
+          "torch_threads", "load_average", "busy", "settings", "datasets", "loaders", "e2e",
+          "trainer_vs_bare", "layouts", "conversion", "notes")
+BUSY = 0.5  # load average per core above which the numbers are suspect
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {cores()} CPU cores"
+    return f"{cpu_model()} ({cores()} cores usable, no GPU)"
+
+
+def machine_tag(device: torch.device) -> str:
+    """A short file-name-safe machine name: 'h200-16c', 'cpu-2c'."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device).lower().replace("nvidia", "")
+        words = re.findall(r"[a-z0-9]+", name)
+        base = next((w for w in words if re.search(r"\d", w)), words[-1] if words else "gpu")
+    else:
+        base = "cpu"
+    return f"{base}-{cores()}c"
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load: how much else was running."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def is_busy(load: list[float] | None) -> bool:
+    return load is not None and load[0] > BUSY * cores()
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def write(result: dict, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
+    paths[0].write_text(json.dumps(result, indent=2) + "\n")
+    paths[1].write_text(markdown(result, paths[2].name))
+    chart(result, paths[2])
+    return paths
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def markdown(result: dict, chart_name: str | None = None) -> str:
+    load = result["load_average"]
+    lines = [f"# respipe benchmark: {result['machine']} ({result['date']})", "",
+             f"- command: `{result['command']}`",
+             f"- device: {result['device']}; torch threads {result['torch_threads']}",
+             f"- load average (1/5/15 min): before {load['before']}, after {load['after']}"
+             + (" — **busy machine: numbers are low and noisy**" if result["busy"] else ""),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+             "- settings: " + ", ".join(f"{k}={v}" for k, v in result["settings"].items()
+                                        if v not in (None, "", False))]
+    lines += [f"- note: {note}" for note in result["notes"]]
+    if chart_name:
+        lines += ["", f"![images/s per backend]({chart_name})"]
+    lines += ["", "## Loaders alone (images/s; × the torchvision DataLoader)", "",
+              "| dataset | split | backend | images/s | × torchvision | notes |",
+              "|---|---|---|---:|---:|---|"]
+    for row in result["loaders"]:
+        lines.append(f"| {row['dataset']} | {row['split']} | {row['backend']} | "
+                     f"{number(row.get('images_per_s'))} | {number(row.get('vs_torchvision'))} | "
+                     f"{row.get('note', '')} |")
+    if result["e2e"]:
+        lines += ["", "## End to end through `train.loop.train_one_epoch` "
+                  "(loader efficiency = e2e ÷ synthetic)", "",
+                  "| dataset | model | batch | backend | images/s | efficiency | data wait | "
+                  "notes |", "|---|---|---:|---|---:|---:|---:|---|"]
+        for row in result["e2e"]:
+            wait = row.get("data_wait")
+            lines.append(f"| {row['dataset']} | {row['model']} | {row['batch']} | "
+                         f"{row['backend']} | {number(row.get('images_per_s'))} | "
+                         f"{number(row.get('efficiency'))} | "
+                         f"{'' if wait is None else f'{100 * wait:.0f}%'} | "
+                         f"{row.get('note', '')} |")
+    if result["trainer_vs_bare"]:
+        lines += ["", "## The trainer against a bare eager loop (same model, batch, run; "
+                  "goal ≥ 0.95)", "",
+                  "| model | batch | trainer images/s | bare images/s | trainer ÷ bare |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in result["trainer_vs_bare"]:
+            lines.append(f"| {row['model']} | {row['batch']} | "
+                         f"{number(row['trainer_images_per_s'])} | "
+                         f"{number(row['bare_images_per_s'])} | {row['ratio']:.2f} |")
+    if result["layouts"]:
+        lines += ["", "## Memory layout, bare eager steps (interleaved rounds)", "",
+                  "| model | batch | device | contiguous images/s | channels_last images/s | "
+                  "speed-up |", "|---|---:|---|---:|---:|---:|"]
+        for row in result["layouts"]:
+            lines.append(f"| {row['model']} | {row['batch']} | {row['device']} | "
+                         f"{number(row['contiguous_images_per_s'])} | "
+                         f"{number(row['channels_last_images_per_s'])} | "
+                         f"{row['speedup']:.2f}× |")
+    conv = result["conversion"]
+    if conv:
+        ref = conv["reference"]
+        lines += ["", f"## ImageNet converter ({conv['images']} images, {conv['workers']} "
+                  f"processes; goal ≥ 0.8 × reference × processes)", "",
+                  f"Reference ({ref['what']}): {number(ref['images_per_s'])} images/s.", "",
+                  "| stage | images/s | × (reference × processes) |", "|---|---:|---:|"]
+        for name, stage in conv["stages"].items():
+            lines.append(f"| {name} | {number(stage['images_per_s'])} | "
+                         f"{stage['of_reference_x_cores']:.2f} |")
+        lines.append(f"| whole job ({conv['seconds']:.1f} s) | {number(conv['images_per_s'])} | "
+                     f"{conv['of_reference_x_cores']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- chart
+
+
+def chart(result: dict, path: Path) -> None:
+    """Per dataset: loader images/s (train and eval) per backend with the torchvision
+    DataLoader marked, and end-to-end images/s with the synthetic bound marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d["name"] for d in result["datasets"]] or ["(none)"]
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.6 * len(datasets)), dpi=110,
+                             squeeze=False)
+    for row_axes, dataset in zip(axes, datasets):
+        _loader_panel(row_axes[0], [r for r in result["loaders"] if r["dataset"] == dataset],
+                      dataset)
+        _e2e_panel(row_axes[1], [r for r in result["e2e"] if r["dataset"] == dataset], dataset)
+    fig.suptitle(f"respipe on {result['device']} ({result['date'][:10]})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _loader_panel(ax, rows: list[dict], dataset: str) -> None:
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    width = 0.8 / max(len(splits), 1)
+    for k, split in enumerate(splits):
+        values = [next((r.get("images_per_s") or 0 for r in rows
+                        if r["backend"] == b and r["split"] == split), 0) for b in backends]
+        ax.bar([i + k * width for i in range(len(backends))], values, width, label=split)
+        for split_rows in (r for r in rows if r["split"] == split
+                           and r["backend"] == "torchvision" and r.get("images_per_s")):
+            ax.axhline(split_rows["images_per_s"], linestyle="--", linewidth=0.8,
+                       color=f"C{k}", label=f"torchvision {split}")
+    ax.set_xticks([i + width * (len(splits) - 1) / 2 for i in range(len(backends))], backends)
+    if any(r.get("images_per_s") for r in rows):
+        ax.set_yscale("log")
+    ax.set_ylabel("images/s (log)")
+    ax.set_title(f"{dataset}: loaders alone", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _e2e_panel(ax, rows: list[dict], dataset: str) -> None:
+    real = [r for r in rows if r["backend"] != "synthetic"]
+    ax.bar([r["backend"] for r in real], [r.get("images_per_s") or 0 for r in real],
+           color="C2")
+    bound = next((r.get("images_per_s") for r in rows if r["backend"] == "synthetic"), None)
+    if bound:
+        ax.axhline(bound, linestyle="--", color="k", linewidth=1, label="synthetic bound")
+        ax.legend(fontsize=7)
+    model = rows[0]["model"] if rows else ""
+    ax.set_ylabel("training images/s")
+    ax.set_title(f"{dataset}: end to end, {model}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
