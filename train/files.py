@@ -3,12 +3,13 @@ unique temporary names), and the records of a run that never checkpointed, set a
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from records.lock import LockHeld, PidLock
 
 LOCK = ".lock"
 # what a run writes besides checkpoints; set aside when a new run starts in the directory
@@ -20,29 +21,17 @@ class RunError(RuntimeError):
     """A run directory that cannot be used as asked; the message names the file and the way on."""
 
 
-class RunLock:
-    """An exclusive flock on RUN_DIR/.lock holding the owner's pid. The kernel releases it when
-    the process ends, however it ends, so a lock left by a killed run never blocks."""
+class RunLock(PidLock):
+    """RUN_DIR/.lock: one run at a time in a run directory."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
+        path = Path(run_dir) / LOCK
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            owner = self.file.read().strip() or "unknown"
-            self.file.close()
-            raise RunError(f"{self.path.parent} is in use by another run (pid {owner}); wait "
+            super().__init__(path)
+        except LockHeld as held:
+            raise RunError(f"{path.parent} is in use by another run (pid {held.holder}); wait "
                            "for it to end, or pick another run.name") from None
-        self.file.truncate(0)
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
-
-    def release(self) -> None:
-        if not self.file.closed:
-            self.file.close()  # closing drops the flock
 
 
 def size_text(n: float) -> str:

@@ -9,7 +9,6 @@ removes it first), so a complete dataset stays loadable through a rerun that is 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from records import format as fmt
 from records.format import MANIFEST, write_json_atomic
+from records.lock import LockHeld, PidLock
 
 TMP_MARK = ".tmp-"
 PROGRESS = ".progress"
@@ -117,19 +117,11 @@ class OutputDir:
         self.fingerprint = fingerprint
         root.mkdir(parents=True, exist_ok=True)
         (root / PROGRESS).mkdir(exist_ok=True)
-        self._lock = open(root / PROGRESS / "lock", "a+")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "unknown"
-            self._lock.close()
-            raise RuntimeError(f"{root} is being converted by another process (pid {holder}); "
-                               "wait for it to finish or stop it") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"{os.getpid()}\n")
-        self._lock.flush()
+            self._lock = PidLock(root / PROGRESS / "lock")
+        except LockHeld as held:
+            raise RuntimeError(f"{root} is being converted by another process (pid "
+                               f"{held.holder}); wait for it to finish or stop it") from None
         LOCK_FDS.add(self._lock.fileno())
         for stale in root.rglob(f"*{TMP_MARK}*"):
             stale.unlink()
@@ -141,7 +133,7 @@ class OutputDir:
         for tmp in self.root.rglob(f"*{TMP_MARK}{os.getpid()}*"):
             tmp.unlink(missing_ok=True)
         LOCK_FDS.discard(self._lock.fileno())
-        self._lock.close()
+        self._lock.release()
 
     def _outdate(self, rel: str, sha256: str | None = None) -> None:
         """About to change or delete `rel`: the previous manifest no longer describes the folder
