@@ -31,6 +31,7 @@ from tools.benchmark import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = "configs/resnet32.yaml"
+SOURCES = ROOT / "build" / "photo-sources"  # carried to a GPU machine that lacks scikit-image
 GOALS = {"paper_minutes": 3.0, "paper_test_error": 7.5}
 # The CPU dry run: the same command lines, a few iterations.
 SMOKE_PAPER = ["schedule.total=24", "schedule.milestones=[12,18]", "data.batch_size=16",
@@ -74,11 +75,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default=str(ROOT / "build" / "gpu-check"))
     parser.add_argument("--cifar", help="CIFAR-10 records (tools/convert.py output)")
     parser.add_argument("--cifar-tar", help="the CIFAR-10 python tarball, converted here")
-    parser.add_argument("--sources", help="photos for the set where scikit-image is missing "
-                        "(python tools/datasets/photos.py --export-sources DIR makes them)")
+    parser.add_argument("--sources", default=str(SOURCES) if SOURCES.is_dir() else None,
+                        help="photos for the set where scikit-image is missing (default "
+                        f"{SOURCES.relative_to(ROOT)} when there; `python "
+                        "tools/datasets/photos.py --export-sources DIR` writes them)")
     parser.add_argument("--skip", default="", help="comma list of tests,bench,paper")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run: tiny sizes")
-    parser.add_argument("--timeouts", default="240,300,480",
+    # one device call may run 10 minutes: the three parts fit in one (or --skip to split them)
+    parser.add_argument("--timeouts", default="90,210,280",
                         help="seconds for tests,bench,paper")
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
