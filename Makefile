@@ -8,7 +8,7 @@ DATA   ?= data/records
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
 .PHONY: install lint test test-fast quickstart dataset-cifar10 dataset-cifar100 dataset-imagenet \
-        bench gpu-check clean
+        bench gpu-check gpu-prepare clean
 
 install: $(VENV)/.installed
 
@@ -57,11 +57,14 @@ bench: install
 	$(PY) tools/bench.py --cifar $(DATA)/cifar10 $(ARGS)
 
 # On a GPU machine (no venv there: GPU_PY=python3): CUDA tests, the benchmark, the ResNet-32
-# paper schedule. CIFAR10_TAR / PHOTO_SOURCES: staged files (shared/GPU.md). --smoke: CPU dry run.
+# paper schedule. Before: `make gpu-prepare` here, carry build/photo-sources (the machine has
+# no scikit-image); CIFAR10_TAR: the staged tarball (shared/GPU.md). ARGS=--smoke: CPU dry run.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(GPU_PY) tools/gpu_check.py $(if $(CIFAR10_TAR),--cifar-tar $(CIFAR10_TAR)) \
-	    $(if $(PHOTO_SOURCES),--sources $(PHOTO_SOURCES)) $(ARGS)
+	$(GPU_PY) tools/gpu_check.py $(if $(CIFAR10_TAR),--cifar-tar $(CIFAR10_TAR)) $(ARGS)
+
+gpu-prepare: install
+	$(PY) tools/datasets/photos.py --export-sources build/photo-sources
 
 clean:
 	rm -rf $(VENV) .pytest_cache

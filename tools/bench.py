@@ -40,7 +40,7 @@ DEFAULT_CIFAR = ROOT / "data" / "records" / "cifar10"
 
 @dataclass
 class Sizes:
-    """How much to run: CPU, GPU and smoke (CI) defaults; flags override any of them."""
+    """How much to run: CPU, GPU and smoke (CI) defaults; --photos/--steps override."""
 
     photos: int  # train images of the generated set (val: a tenth)
     classes: int
@@ -52,16 +52,28 @@ class Sizes:
     imagenet_model: str
     cifar_e2e_batch: int
     imagenet_e2e_batch: int
-    steps: int  # timed e2e steps
+    steps: int  # timed e2e steps (CIFAR; ImageNet: imagenet_steps)
     e2e_warmup: int
     rounds: int  # interleaved rounds (trainer vs bare, layouts)
     round_steps: int
     imagenet_crop: int = 224  # smoke: small crops of small rescales, so CPU steps are quick
+    imagenet_steps: int | None = None  # None: as CIFAR's (steps, e2e_warmup, round_steps)
+    imagenet_warmup: int | None = None
+    imagenet_round_steps: int | None = None
+
+    def e2e(self, dataset: str) -> tuple[int, int, int]:
+        """(warm-up steps, timed steps, steps per interleaved round) for `dataset`."""
+        if dataset != "imagenet":
+            return self.e2e_warmup, self.steps, self.round_steps
+        return (self.imagenet_warmup or self.e2e_warmup, self.imagenet_steps or self.steps,
+                self.imagenet_round_steps or self.round_steps)
 
 
 PROFILES = {
-    "cpu": Sizes(3000, 100, 512, 64, 20, 3, "resnet32", "resnet34", 128, 16, 12, 4, 5, 4),
-    "cuda": Sizes(20000, 100, 512, 256, 50, 10, "resnet32", "resnet34", 128, 256, 100, 30,
+    # 2 CPU cores: ResNet-34 at 224 px trains at a few images/s, so ImageNet runs few steps
+    "cpu": Sizes(3000, 100, 512, 64, 20, 3, "resnet32", "resnet34", 128, 16, 12, 4, 5, 4,
+                 imagenet_steps=4, imagenet_warmup=2, imagenet_round_steps=2),
+    "cuda": Sizes(10000, 100, 512, 256, 50, 10, "resnet32", "resnet34", 128, 256, 100, 30,
                   5, 30),
     "smoke": Sizes(48, 4, 32, 8, 2, 1, "resnet20", "resnet18", 16, 4, 2, 1, 1, 1, 64),
 }
@@ -158,7 +170,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     sizes = PROFILES["smoke" if args.smoke else device.type]
     if args.steps:
-        sizes = replace(sizes, steps=args.steps)
+        sizes = replace(sizes, steps=args.steps, imagenet_steps=args.steps)
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = args.workers or report.cores()
@@ -210,9 +222,10 @@ def main(argv=None) -> dict:
             if why:
                 row["note"] = f"skipped: {why}"
             else:
-                attempt(row, f"{dataset} e2e {model} {backend}", lambda cfg=cfg, model=model:
-                        measure.measure_e2e(cfg, model, settings, sizes.e2e_warmup,
-                                            sizes.steps))
+                warmup, steps, _ = sizes.e2e(dataset)
+                attempt(row, f"{dataset} e2e {model} {backend}",
+                        lambda cfg=cfg, model=model, warmup=warmup, steps=steps:
+                        measure.measure_e2e(cfg, model, settings, warmup, steps))
             e2e.append(row)
     add_ratios(loaders, e2e)
 
@@ -223,7 +236,7 @@ def main(argv=None) -> dict:
             synthetic = data_config(dataset, measure.NO_RECORDS, "synthetic", e2e_batch, sizes,
                                     channels_last=settings.channels_last)
             trainer.append({"dataset": dataset, **measure.trainer_vs_bare(
-                synthetic, model, settings, sizes.round_steps, sizes.rounds)})
+                synthetic, model, settings, sizes.e2e(dataset)[2], sizes.rounds)})
             print(f"  trainer ÷ bare = {trainer[-1]['ratio']:.2f}", flush=True)
     layouts = []
     if "layouts" in args.only:
@@ -231,7 +244,7 @@ def main(argv=None) -> dict:
             print(f"layouts: {model} batch {e2e_batch} ...", flush=True)
             size = sizes.imagenet_crop if dataset == "imagenet" else 32
             layouts.append(measure.layouts(dataset, model, e2e_batch, size, str(device),
-                                           sizes.round_steps, sizes.rounds))
+                                           sizes.e2e(dataset)[2], sizes.rounds))
             print(f"  channels_last ÷ contiguous = {layouts[-1]['speedup']:.2f}", flush=True)
 
     load_after = report.load_average()
@@ -244,7 +257,7 @@ def main(argv=None) -> dict:
         "device_type": device.type, "cores": report.cores(), "versions": report.versions(),
         "torch_threads": torch.get_num_threads(),
         "load_average": {"before": load_before, "after": load_after},
-        "busy": report.is_busy(load_before) or report.is_busy(load_after),
+        "busy": report.is_busy(load_before),  # after: includes the benchmark itself
         "settings": {"smoke": args.smoke, "workers": workers, "amp": args.amp,
                      "compile": args.compile, "channels_last": settings.channels_last,
                      **{k: v for k, v in vars(sizes).items()}},

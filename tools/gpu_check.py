@@ -13,6 +13,13 @@
 Writes OUT/<machine>-<date>.{json,md,png} (the benchmark), OUT/<machine>-<date>-resnet32/ and
 OUT/<machine>-<date>-gpu-check.json (what ran, its exit status, seconds, and the goals).
 A part that fails or runs out of time is recorded and the next one still runs.
+
+On the device (15 minutes in all, 10 per call; shared/GPU.md), in order of value:
+  here:    make gpu-prepare        # build/photo-sources: the machine has no scikit-image
+  call 1:  make gpu-check ARGS="--skip paper --out $OUT"   carrying build/photo-sources
+  then, if time is left: stage CIFAR-10 (3 calls) and
+  call 5:  make gpu-check CIFAR10_TAR=/tmp/staged/cifar-10-python.tar.gz \
+               ARGS="--skip tests,bench --out $OUT"
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ from tools.benchmark import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = "configs/resnet32.yaml"
+SOURCES = ROOT / "build" / "photo-sources"  # carried to a GPU machine that lacks scikit-image
+# One device call may run 10 minutes: the three parts fit in one (or --skip to split them).
+GPU_TIMEOUTS = "90,210,280"
+SMOKE_TIMEOUTS = "600,900,600"  # a busy 2-core CPU
 GOALS = {"paper_minutes": 3.0, "paper_test_error": 7.5}
 # The CPU dry run: the same command lines, a few iterations.
 SMOKE_PAPER = ["schedule.total=24", "schedule.milestones=[12,18]", "data.batch_size=16",
@@ -74,15 +85,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default=str(ROOT / "build" / "gpu-check"))
     parser.add_argument("--cifar", help="CIFAR-10 records (tools/convert.py output)")
     parser.add_argument("--cifar-tar", help="the CIFAR-10 python tarball, converted here")
-    parser.add_argument("--sources", help="photos for the set where scikit-image is missing "
-                        "(python tools/datasets/photos.py --export-sources DIR makes them)")
+    parser.add_argument("--sources", default=str(SOURCES) if SOURCES.is_dir() else None,
+                        help="photos for the set where scikit-image is missing (default "
+                        f"{SOURCES.relative_to(ROOT)} when there; `python "
+                        "tools/datasets/photos.py --export-sources DIR` writes them)")
     parser.add_argument("--skip", default="", help="comma list of tests,bench,paper")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run: tiny sizes")
-    parser.add_argument("--timeouts", default="240,300,480",
-                        help="seconds for tests,bench,paper")
+    parser.add_argument("--timeouts", help="seconds for tests,bench,paper (default "
+                        f"{GPU_TIMEOUTS}; --smoke: {SMOKE_TIMEOUTS})")
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    timeouts = dict(zip(("tests", "bench", "paper"), map(float, args.timeouts.split(","))))
+    timeouts = args.timeouts or (SMOKE_TIMEOUTS if args.smoke else GPU_TIMEOUTS)
+    timeouts = dict(zip(("tests", "bench", "paper"), map(float, timeouts.split(","))))
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from interleaved rounds in one process: the median of the per-round ratios.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -156,12 +157,14 @@ def measure_e2e(data: DataConfig, model: str, settings: RunSettings, warmup: int
             "data_wait": min(wait / seconds, 1.0), "batch": data.batch_size, "model": model}
 
 
-def bare_steps(model, images, labels, optimizer, steps: int, device: torch.device) -> float:
+def bare_steps(model, images, labels, optimizer, steps: int, device: torch.device,
+               autocast=contextlib.nullcontext) -> float:
     """Seconds for `steps` plain eager SGD steps on one fixed batch."""
     device_sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        loss = F.cross_entropy(model(images), labels)
+        with autocast():
+            loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -180,20 +183,22 @@ def trainer_vs_bare(synthetic: DataConfig, model: str, settings: RunSettings, st
     images, labels = next(iter(loader))
     bare = model_for(trainee.cfg, device)
     optimizer = torch.optim.SGD(bare.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    autocast = trainee.precision.autocast  # the same precision; eager, no loop around it
     trainee.train(loader, steps, log_every=steps)  # warm-up, compile included
-    bare_steps(bare, images, labels, optimizer, steps, device)
+    bare_steps(bare, images, labels, optimizer, steps, device, autocast)
     trainer_s, bare_s = [], []
     for _ in range(rounds):
         start = time.perf_counter()
         trainee.train(loader, steps, log_every=steps)
         trainer_s.append(time.perf_counter() - start)
-        bare_s.append(bare_steps(bare, images, labels, optimizer, steps, device))
+        bare_s.append(bare_steps(bare, images, labels, optimizer, steps, device, autocast))
     ratios = [b / t for t, b in zip(trainer_s, bare_s)]
     return {"model": model, "batch": batch, "steps": steps, "rounds": rounds,
             "trainer_images_per_s": batch * steps / statistics.median(trainer_s),
             "bare_images_per_s": batch * steps / statistics.median(bare_s),
             "ratio": statistics.median(ratios), "ratios": ratios,
-            "compile": settings.compile, "note": "bare loop: eager, fp32, no compile"}
+            "compile": settings.compile,
+            "note": "bare loop: eager (no compile), the run's autocast, no scaler or logging"}
 
 
 def layouts(dataset: str, model: str, batch: int, size: int, device: str, steps: int,

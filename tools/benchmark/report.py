@@ -196,8 +196,10 @@ def _loader_panel(ax, rows: list[dict], dataset: str) -> None:
             ax.axhline(split_rows["images_per_s"], linestyle="--", linewidth=0.8,
                        color=f"C{k}", label=f"torchvision {split}")
     ax.set_xticks([i + width * (len(splits) - 1) / 2 for i in range(len(backends))], backends)
-    if any(r.get("images_per_s") for r in rows):
+    rates = [r["images_per_s"] for r in rows if r.get("images_per_s")]
+    if rates:
         ax.set_yscale("log")
+        ax.set_ylim(bottom=min(rates) / 3)  # every bar visibly above the axis
     ax.set_ylabel("images/s (log)")
     ax.set_title(f"{dataset}: loaders alone", fontsize=9)
     ax.legend(fontsize=7)

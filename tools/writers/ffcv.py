@@ -153,11 +153,25 @@ def _failure(path: Path, error_file: Path, started: list) -> Exception:
     return RuntimeError(f"FFCV writer failed on {path}: {message}")
 
 
+def store_jpeg(destination, sample, malloc) -> None:
+    """RGBImageField.encode for samples that already are (RGB JPEG bytes, height, width):
+    stored as they are, so the image is not decoded and encoded again."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+
+    data, height, width = sample
+    destination["mode"] = IMAGE_MODES["jpg"]
+    destination["height"], destination["width"] = height, width
+    destination["data_ptr"], storage = malloc(len(data))
+    storage[:] = np.frombuffer(data, dtype=np.uint8)
+
+
 def write_beton(out: OutputDir, rel: str, dataset, *, workers: int,
-                jpeg_quality: int | None = None, page_size: int = MIN_PAGE) -> str:
+                jpeg_quality: int | None = None, page_size: int = MIN_PAGE,
+                encoded: bool = False) -> str:
     """dataset[i] -> (uint8 HxWx3 RGB array, int label), already validated. jpeg_quality None
     stores raw pixels (lossless); else JPEG at that quality (max_resolution unset: inputs
-    are pre-resized)."""
+    are pre-resized). encoded: dataset[i] -> ((RGB JPEG bytes, height, width), label),
+    stored byte for byte."""
     DatasetWriter, RGBImageField, IntField = import_ffcv()
     if len(dataset) == 0:
         raise ValueError(f"{out.path(rel)}: no samples to write")
@@ -165,6 +179,8 @@ def write_beton(out: OutputDir, rel: str, dataset, *, workers: int,
              else RGBImageField(write_mode="jpg", jpeg_quality=jpeg_quality))
     import ffcv.writer
 
+    if encoded:  # an instance attribute: the .beton still records an RGBImageField
+        image.encode = store_jpeg
     tmp = out.tmp_path(rel)
     error_file = tmp.with_name(tmp.name + ".error")
     writer = DatasetWriter(str(tmp), {"image": image, "label": IntField()},

@@ -4,10 +4,13 @@ Pass 1 (all formats): a process pool decodes every image (RGB, shorter side capp
 the undecodable ones before any FFCV writer starts; with "webdataset" it also writes the shards.
 Each chunk of `shard_size` source images maps to one shard and one progress note (kept count,
 per-class counts, skipped), so a rerun skips finished chunks. Pass 2 ("ffcv") re-decodes the
-kept originals with the same function and lets FFCV JPEG-encode them once.
+kept originals with the same function and lets FFCV JPEG-encode them once; when the shards
+are written too, it stores the shards' JPEG bytes instead (decoded once in all: FFCV, DALI and
+native then read the very same bytes).
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -17,6 +20,7 @@ from functools import partial
 from multiprocessing import Pool
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from records import format as fmt
@@ -66,6 +70,33 @@ class _Kept:
     def __getitem__(self, i):
         item = self.items[i]
         return prepare(read_item(item), self.max_side).array(), item.label
+
+
+class _FromShards:
+    """dataset[i] -> ((JPEG bytes, height, width), label) read back from the split's shards
+    (their index gives each key's offset; the JPEG header gives the size: no decoding)."""
+
+    def __init__(self, out: OutputDir, files: dict[str, str], kept: list[Item]):
+        where = {}
+        for rel in files:
+            if rel.endswith(".idx"):
+                tar = str(out.path(rel[:-len(".idx")] + ".tar"))
+                for key, parts in fmt.parse_index(out.path(rel)).items():
+                    where[key] = (tar, *parts["jpg"])
+        self.entries = [(*where[item.key], item.label) for item in kept]
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __getitem__(self, i):
+        path, offset, size, label = self.entries[i]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"{path}: short read at {offset} (shard changed or truncated?)")
+        width, height = Image.open(io.BytesIO(data)).size
+        return (data, height, width), label
 
 
 @dataclass
@@ -209,9 +240,11 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
             rel = fmt.beton_rel(split)
             if "ffcv" not in formats:
                 continue
+            shards = "webdataset" in formats
+            kept = _FromShards(out, r.files, r.kept) if shards else _Kept(r.kept, max_side[split])
             files[rel], seconds = out.reuse_or_write(rel, partial(
-                write_beton, out, rel, _Kept(r.kept, max_side[split]), workers=workers,
-                jpeg_quality=jpeg_quality, page_size=page_size_for(r.max_raw)))
+                write_beton, out, rel, kept, workers=workers, jpeg_quality=jpeg_quality,
+                page_size=page_size_for(r.max_raw), encoded=shards))
             if seconds is not None:
                 report["ffcv"]["seconds"] += seconds
                 report["ffcv"]["images"] += len(r.kept)
