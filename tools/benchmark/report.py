@@ -94,6 +94,17 @@ def number(value: float | None) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
+def table(title: str, rows: list[dict], columns: dict) -> list[str]:
+    """A markdown section, empty when there are no rows; columns: header -> (align, cell)."""
+    if not rows:
+        return []
+    lines = ["", f"## {title}", "", "| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if align == ">" else "---" for align, _ in columns.values())
+             + "|"]
+    return lines + ["| " + " | ".join(cell(row) for _, cell in columns.values()) + " |"
+                    for row in rows]
+
+
 def markdown(result: dict, chart_name: str | None = None) -> str:
     load = result["load_average"]
     lines = [f"# respipe benchmark: {result['machine']} ({result['date']})", "",
@@ -107,43 +118,33 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
     lines += [f"- note: {note}" for note in result["notes"]]
     if chart_name:
         lines += ["", f"![images/s per backend]({chart_name})"]
-    lines += ["", "## Loaders alone (images/s; × the torchvision DataLoader)", "",
-              "| dataset | split | backend | images/s | × torchvision | notes |",
-              "|---|---|---|---:|---:|---|"]
-    for row in result["loaders"]:
-        lines.append(f"| {row['dataset']} | {row['split']} | {row['backend']} | "
-                     f"{number(row.get('images_per_s'))} | {number(row.get('vs_torchvision'))} | "
-                     f"{row.get('note', '')} |")
-    if result["e2e"]:
-        lines += ["", "## End to end through `train.loop.train_one_epoch` "
-                  "(loader efficiency = e2e ÷ synthetic)", "",
-                  "| dataset | model | batch | backend | images/s | efficiency | data wait | "
-                  "notes |", "|---|---|---:|---|---:|---:|---:|---|"]
-        for row in result["e2e"]:
-            wait = row.get("data_wait")
-            lines.append(f"| {row['dataset']} | {row['model']} | {row['batch']} | "
-                         f"{row['backend']} | {number(row.get('images_per_s'))} | "
-                         f"{number(row.get('efficiency'))} | "
-                         f"{'' if wait is None else f'{100 * wait:.0f}%'} | "
-                         f"{row.get('note', '')} |")
-    if result["trainer_vs_bare"]:
-        lines += ["", "## The trainer against a bare eager loop (same model, batch, run; "
-                  "goal ≥ 0.95)", "",
-                  "| model | batch | trainer images/s | bare images/s | trainer ÷ bare |",
-                  "|---|---:|---:|---:|---:|"]
-        for row in result["trainer_vs_bare"]:
-            lines.append(f"| {row['model']} | {row['batch']} | "
-                         f"{number(row['trainer_images_per_s'])} | "
-                         f"{number(row['bare_images_per_s'])} | {row['ratio']:.2f} |")
-    if result["layouts"]:
-        lines += ["", "## Memory layout, bare eager steps (interleaved rounds)", "",
-                  "| model | batch | device | contiguous images/s | channels_last images/s | "
-                  "speed-up |", "|---|---:|---|---:|---:|---:|"]
-        for row in result["layouts"]:
-            lines.append(f"| {row['model']} | {row['batch']} | {row['device']} | "
-                         f"{number(row['contiguous_images_per_s'])} | "
-                         f"{number(row['channels_last_images_per_s'])} | "
-                         f"{row['speedup']:.2f}× |")
+    lines += table("Loaders alone (images/s; × the torchvision DataLoader)", result["loaders"], {
+        "dataset": ("<", lambda r: r["dataset"]), "split": ("<", lambda r: r["split"]),
+        "backend": ("<", lambda r: r["backend"]),
+        "images/s": (">", lambda r: number(r.get("images_per_s"))),
+        "× torchvision": (">", lambda r: number(r.get("vs_torchvision"))),
+        "notes": ("<", lambda r: r.get("note", ""))})
+    lines += table("End to end through `train.loop.train_one_epoch` (loader efficiency = e2e ÷ "
+                   "synthetic)", result["e2e"], {
+        "dataset": ("<", lambda r: r["dataset"]), "model": ("<", lambda r: r["model"]),
+        "batch": (">", lambda r: str(r["batch"])), "backend": ("<", lambda r: r["backend"]),
+        "images/s": (">", lambda r: number(r.get("images_per_s"))),
+        "efficiency": (">", lambda r: number(r.get("efficiency"))),
+        "data wait": (">", lambda r: "" if r.get("data_wait") is None
+                      else f"{100 * r['data_wait']:.0f}%"),
+        "notes": ("<", lambda r: r.get("note", ""))})
+    lines += table("The trainer against a bare eager loop (same model, batch, run; goal ≥ 0.95)",
+                   result["trainer_vs_bare"], {
+        "model": ("<", lambda r: r["model"]), "batch": (">", lambda r: str(r["batch"])),
+        "trainer images/s": (">", lambda r: number(r["trainer_images_per_s"])),
+        "bare images/s": (">", lambda r: number(r["bare_images_per_s"])),
+        "trainer ÷ bare": (">", lambda r: f"{r['ratio']:.2f}")})
+    lines += table("Memory layout, bare eager steps (interleaved rounds)", result["layouts"], {
+        "model": ("<", lambda r: r["model"]), "batch": (">", lambda r: str(r["batch"])),
+        "device": ("<", lambda r: r["device"]),
+        "contiguous images/s": (">", lambda r: number(r["contiguous_images_per_s"])),
+        "channels_last images/s": (">", lambda r: number(r["channels_last_images_per_s"])),
+        "speed-up": (">", lambda r: f"{r['speedup']:.2f}×")})
     conv = result["conversion"]
     if conv:
         ref = conv["reference"]
