@@ -55,28 +55,69 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Train error (thin) and val error (bold) in % against iterations: the paper's Figure 6."""
+    """One run's curves.png (see plot_runs)."""
+    plot_runs([("", records)], path, title=title)
+
+
+def curve_points(records: list[dict], x: str = "iter") -> dict[str, list[tuple[float, float]]]:
+    """A run's error curves in %: train (every log step), val (every evaluation) and test
+    (final model, once at the end), against iterations or, x="epoch", fractional epochs."""
+    per_epoch = [r["iter"] / r["epoch"] for r in records if r["kind"] == "epoch" and r["epoch"]]
+    if x == "epoch" and not per_epoch:
+        raise ValueError("x='epoch' needs a run with one finished epoch at least")
+    scale = 1.0 / per_epoch[0] if x == "epoch" else 1.0
+    pick = {"train": lambda r: r["kind"] == "train" and "error" in r,
+            "val": lambda r: r["kind"] == "val",
+            "test": lambda r: r["kind"] == "test" and r.get("which") == "final"}
+    value = {"train": "error", "val": "top1_error", "test": "top1_error"}
+    return {curve: [(r["iter"] * scale, r[value[curve]]) for r in records if keep(r)]
+            for curve, keep in pick.items()}
+
+
+def figure_runs(runs: list[tuple[str, list[dict]]], x: str = "iter", title: str = ""):
+    """The paper's Figure 6 look for several runs (name, metrics records): train error thin and
+    dashed, val error bold, the final test error a star; one colour per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    train = [(r["iter"], r["error"]) for r in records if r["kind"] == "train"]
-    val = [(r["iter"], r["top1_error"]) for r in records if r["kind"] == "val"]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    if train:
-        ax.plot(*zip(*train), linewidth=0.8, label="train error")
-    if val:
-        ax.plot(*zip(*val), linewidth=2.2, marker="o" if len(val) < 30 else None,
-                markersize=3, label="val error")
-    ax.set_xlabel("iterations")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    errors = []
+    for i, (name, records) in enumerate(runs):
+        colour = f"C{i % 10}"
+        points = curve_points(records, x)
+        if points["train"]:
+            ax.plot(*zip(*points["train"]), color=colour, linewidth=0.9, linestyle="--")
+        if points["val"]:
+            ax.plot(*zip(*points["val"]), color=colour, linewidth=2.2, label=name or None,
+                    marker="o" if len(points["val"]) < 30 else None, markersize=3)
+        if points["test"]:
+            ax.plot(*zip(*points["test"]), color=colour, marker="*", markersize=11,
+                    linestyle="none")
+        errors += [e for curve in points.values() for _, e in curve if math.isfinite(e)]
+    styles = [Line2D([], [], color="k", linewidth=0.9, linestyle="--", label="train error"),
+              Line2D([], [], color="k", linewidth=2.2, label="val error"),
+              Line2D([], [], color="k", marker="*", markersize=11, linestyle="none",
+                     label="test error (final)")]
+    handles = ax.get_legend_handles_labels()[0] + styles
+    ax.legend(handles=handles, fontsize=8)
+    ax.set_xlabel("epochs" if x == "epoch" else "iterations")
     ax.set_ylabel("error (%)")
-    errors = [e for _, e in train + val if math.isfinite(e)]
     ax.set_ylim(0, min(100.0, max(errors, default=100.0) * 1.05) or 1.0)
     ax.grid(alpha=0.3)
-    ax.legend()
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path, x: str = "iter",
+              title: str = "") -> None:
+    """figure_runs written to the PNG `path` atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = figure_runs(runs, x, title)
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
