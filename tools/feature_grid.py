@@ -138,7 +138,7 @@ def feature_grid(run_dir: str | Path, split: str | None = None, k: int | None = 
     grid = compose(chosen, indices, images, cell or min(size, MAX_CELL))
     out = Path(out) if out else Path(run_dir) / f"features_{split}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    grid.save(out, optimize=True)
     print(f"{out}: {len(chosen)} of {features.shape[1]} features x {2 * PER_SIDE} of "
           f"{features.shape[0]} {split} images")
     return out
