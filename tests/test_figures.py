@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures import tiny_args
-from models import shortcut_of
+from fixtures import as_uint8_hwc, tiny_args, write_tiny_imagenet
+from models import build_model, shortcut_of
 from records import format as fmt
 from tools import compare, feature_grid, published, reproduce_cifar, table
+from train.checkpoint import save_atomic
 from train.config import dump_config, load_config
 from train.metrics import figure_runs, read_metrics
 from train.run import main as train
@@ -55,19 +56,18 @@ def test_shortcut_of():
         shortcut_of("plain20", "A")
 
 
-def expected_grid(run_dir: Path, k: int) -> tuple[list[int], np.ndarray]:
+def expected_grid(run_dir: Path, k: int, split: str = "test") -> tuple[list[int], np.ndarray]:
     """(features, image indices per row) computed apart from the tool: the fc layer's input
     captured by a hook, the k features of largest variance, each sorted by magnitude."""
-    cfg, model = load_run(run_dir)
-    images = np.load(Path(cfg.data.root) / fmt.array_rels("test")[0])
+    from pipelines import build_loader
+
+    cfg, model = load_run(run_dir, device="cpu")
     captured = []
     model.fc.register_forward_hook(lambda module, args, output: captured.append(args[0]))
-    from pipelines import build_loader
     with torch.inference_mode():
-        for batch, _ in build_loader(cfg.data, "test", "cpu"):
+        for batch, _ in build_loader(cfg.data, split, "cpu"):
             model(batch)
     features = torch.cat(captured)
-    assert len(features) == len(images)
     chosen = sorted(features.var(0).topk(k).indices.tolist())
     rows = []
     for f in chosen:
@@ -93,6 +93,36 @@ def test_feature_grid_cells_are_the_source_images_in_order(runs, tmp_path):
     # the separator between the halves is red, on every row
     top, left = layout.cell_origin(0, 10)
     assert tuple(grid[top + 5, left - 2]) == (255, 0, 0)
+
+
+def test_feature_grid_imagenet(tmp_path):
+    """An ImageNet run (untrained weights: no training needed to test the grid): the cells are
+    the eval center crops the net saw, in the order of the features' magnitudes."""
+    from pipelines import build_loader
+
+    records = write_tiny_imagenet(tmp_path, n=24)
+    cfg = load_config(ROOT / "configs/resnet34_B.yaml", [
+        f"data.root={records}", "data.backend=native", "model.name=resnet18", "run.device=cpu",
+        "data.num_workers=0", "data.eval_batch_size=8", "data.aug.eval_resize=72",
+        "data.aug.crop=64"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(cfg))
+    torch.manual_seed(0)
+    save_atomic({"model": build_model("resnet18", 1000).state_dict()}, run / "best.pt")
+
+    out = feature_grid.main([str(run), "--features", "3"])
+    assert out == run / "features_val.png"
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    layout = feature_grid.Layout(rows=3, cell=64)
+    assert grid.shape[:2] == layout.size
+    crops = np.concatenate([as_uint8_hwc(images, cfg.data)
+                            for images, _ in build_loader(cfg.data, "val", "cpu")])
+    _, rows = expected_grid(run, 3, split="val")
+    for r, picks in enumerate(rows):
+        for c, index in enumerate(picks):
+            top, left = layout.cell_origin(r, c)
+            assert np.array_equal(grid[top:top + 64, left:left + 64], crops[index]), (r, c)
 
 
 def test_feature_grid_all_features_by_default(runs, tmp_path):
