@@ -90,6 +90,8 @@ def test_feature_grid_cells_are_the_source_images_in_order(runs, tmp_path):
             top, left = layout.cell_origin(r, c)
             cell = grid[top:top + 32, left:left + 32]
             assert np.array_equal(cell, sources[index]), (r, c, index)
+    with pytest.raises(ValueError, match="shuffles"):
+        feature_grid.main([str(runs["resnet20"]), "--split", "train"])
     # the separator between the halves is red, on every row
     top, left = layout.cell_origin(0, 10)
     assert tuple(grid[top + 5, left - 2]) == (255, 0, 0)

@@ -126,6 +126,9 @@ def feature_grid(run_dir: str | Path, split: str | None = None, k: int | None = 
                  out: str | Path | None = None, device: str | None = None,
                  cell: int | None = None, overrides=()) -> Path:
     """Write the grid PNG (default RUN_DIR/features_<split>.png) and return its path."""
+    if split == "train":
+        raise ValueError("--split train: its loader shuffles and augments, so the images cannot "
+                         "be found again; use val or test")
     cfg, model = load_run(run_dir, "best.pt", overrides, device)
     dev = next(model.parameters()).device
     split = split or report_split(cfg.data)
