@@ -171,11 +171,12 @@ def test_table_rows_and_published_numbers(runs):
         "paper Table 6: CIFAR-10, option A", "ResNet-20", 8.75)
     assert resnet.measured == summary["test_top1_error"]
     assert resnet.difference == pytest.approx(summary["test_top1_error"] - 8.75)
-    assert "shortened: 26 of the recipe's 64000 iters" in resnet.note
+    assert "shortened: 26 of the recipe's 64000 iterations" in resnet.note
     assert (plain.row, plain.published, plain.difference) == ("plain-20", None, None)
     assert plain.measured is not None and "Figure 6" in plain.note
     [cut] = pending
-    assert cut.measured is None and cut.note.startswith("unfinished (no summary.json)")
+    assert cut.measured is None and cut.note == ("unfinished (no summary.json): iteration 26 of 2 "
+                                                  "epochs")
 
     text = table.main([str(runs["resnet20"]), str(runs["cut"]), "--format", "csv"])
     parsed = list(csv.DictReader(io.StringIO(text)))

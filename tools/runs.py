@@ -10,6 +10,7 @@ from train.config import Config, load_config
 from train.metrics import METRICS, read_metrics
 
 FINISHED = ("completed", "early_stopped")
+UNITS = {"iter": "iterations", "epoch": "epochs"}
 
 
 @dataclass
@@ -33,11 +34,11 @@ class Run:
         return max((r["iter"] for r in self.records), default=0)
 
     def progress(self) -> str:
-        """Where an unfinished run stands, e.g. "iteration 700 of 2000 iter"."""
+        """Where an unfinished run stands, e.g. "iteration 700 of 2000 iterations"."""
         sched = self.cfg.schedule
         status = self.summary.get("status") if self.summary else "no summary.json"
         return (f"unfinished ({status}): iteration {self.iteration} of {sched.total} "
-                f"{sched.unit}s")
+                f"{UNITS[sched.unit]}")
 
     def eval_result(self, mode: str, split: str) -> dict | None:
         """RUN_DIR/eval_<mode>_<split>.json written by train/evaluate.py, if any."""

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from models import shortcut_of  # noqa: E402
 from pipelines import report_split  # noqa: E402
 from tools.published import Published, lookup  # noqa: E402
-from tools.runs import Run, read_run  # noqa: E402
+from tools.runs import UNITS, Run, read_run  # noqa: E402
 
 COLUMNS = ("table", "row", "run", "metric", "measured", "published", "difference", "note")
 SHORT = 0.95  # a completed run below this fraction of the published schedule is "shortened"
@@ -63,7 +63,7 @@ def shortened(run: Run, pub: Published) -> str:
     unit, total = pub.full_schedule
     done = run.summary["iterations" if unit == "iter" else "epochs"]
     if done < SHORT * total:
-        return f"shortened: {done:g} of the recipe's {total} {unit}s"
+        return f"shortened: {done:g} of the recipe's {total} {UNITS[unit]}"
     return ""
 
 
@@ -73,12 +73,12 @@ def rows_for(run: Run) -> list[Row]:
     matches = lookup(model, shortcut, run.cfg.data.dataset)
     if not run.finished:
         table = matches[0].table if matches else "unfinished"
-        return [Row(table, matches[0].row if matches else model, run.name, "error", None,
-                    None, run.progress())]
+        return [Row(table, matches[0].row if matches else model, run.name, "top-1 error %",
+                    None, None, run.progress())]
     if not matches:
         error, _ = measured_error(run, "test")
         return [Row("no published number", f"{model} {shortcut} {run.cfg.data.dataset}",
-                    run.name, "error", error, None, "")]
+                    run.name, "top-1 error %", error, None, "")]
     rows = []
     for pub in matches:
         error, note = measured_error(run, pub.protocol)
