@@ -141,13 +141,16 @@ def test_compare_one_curve_per_run(runs, tmp_path):
     bold = [line for line in lines if line.get_linestyle() == "-" and line.get_marker() != "*"]
     dashed = [line for line in lines if line.get_linestyle() == "--"]
     stars = [line for line in lines if line.get_marker() == "*"]
-    assert [line.get_label() for line in bold] == names
-    assert len(dashed) == 3 and len(stars) == 3  # the cut run keeps its copied test record
-    assert len({line.get_color() for line in bold}) == 3
+    assert len(bold) == len(dashed) == 3
+    assert len(stars) == 3  # the cut run keeps its copied test record
+    colours = [line.get_color() for line in bold]
+    assert len(set(colours)) == 3 and [line.get_color() for line in dashed] == colours
     val_iters = [r["iter"] for r in read_metrics(runs["plain20"]) if r["kind"] == "val"]
     assert list(bold[1].get_xdata()) == val_iters
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert legend[:3] == names and "train error" in legend
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        *names, "train error", "val error", "test error (final)"]
+    assert [h.get_color() for h in legend.legend_handles[:3]] == colours
 
     out = compare.main([*(str(runs[n]) for n in names), "--out", str(tmp_path / "c.png")])
     assert Image.open(out).format == "PNG"
@@ -158,7 +161,7 @@ def test_compare_one_curve_per_run(runs, tmp_path):
 def test_epoch_axis_scales_iterations(runs):
     records = read_metrics(runs["resnet20"])
     fig = figure_runs([("r", records)], x="epoch")
-    bold = [line for line in fig.axes[0].get_lines() if line.get_label() == "r"][0]
+    bold = [line for line in fig.axes[0].get_lines() if line.get_linewidth() == 2.2][0]
     assert list(bold.get_xdata()) == [1.0, 2.0]  # val after each of 2 epochs of 13 iterations
     assert fig.axes[0].get_xlabel() == "epochs"
 
@@ -252,3 +255,10 @@ def test_reproduce_cifar_budget_runs_resumes_and_writes(colour_cifar, tmp_path):
     stamp = (tmp_path / "resnet20" / "last.pt").stat().st_mtime_ns
     assert reproduce_cifar.main(argv) == 0
     assert (tmp_path / "resnet20" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_a_run_without_val_points_is_in_the_legend(runs):
+    early = [r for r in read_metrics(runs["plain20"]) if r["kind"] == "train" and r["iter"] < 13]
+    fig = figure_runs([("early", early)])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0] == "early"
+    assert len(fig.axes[0].get_lines()) == 1  # its train curve, nothing else

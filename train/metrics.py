@@ -84,24 +84,25 @@ def figure_runs(runs: list[tuple[str, list[dict]]], x: str = "iter", title: str 
     from matplotlib.lines import Line2D
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    errors = []
+    errors, handles = [], []
     for i, (name, records) in enumerate(runs):
         colour = f"C{i % 10}"
         points = curve_points(records, x)
         if points["train"]:
             ax.plot(*zip(*points["train"]), color=colour, linewidth=0.9, linestyle="--")
         if points["val"]:
-            ax.plot(*zip(*points["val"]), color=colour, linewidth=2.2, label=name or None,
+            ax.plot(*zip(*points["val"]), color=colour, linewidth=2.2,
                     marker="o" if len(points["val"]) < 30 else None, markersize=3)
         if points["test"]:
             ax.plot(*zip(*points["test"]), color=colour, marker="*", markersize=11,
                     linestyle="none")
+        if name:  # a legend entry even for a run that has no val point yet
+            handles.append(Line2D([], [], color=colour, linewidth=2.2, label=name))
         errors += [e for curve in points.values() for _, e in curve if math.isfinite(e)]
-    styles = [Line2D([], [], color="k", linewidth=0.9, linestyle="--", label="train error"),
-              Line2D([], [], color="k", linewidth=2.2, label="val error"),
-              Line2D([], [], color="k", marker="*", markersize=11, linestyle="none",
-                     label="test error (final)")]
-    handles = ax.get_legend_handles_labels()[0] + styles
+    handles += [Line2D([], [], color="k", linewidth=0.9, linestyle="--", label="train error"),
+                Line2D([], [], color="k", linewidth=2.2, label="val error"),
+                Line2D([], [], color="k", marker="*", markersize=11, linestyle="none",
+                       label="test error (final)")]
     ax.legend(handles=handles, fontsize=8)
     ax.set_xlabel("epochs" if x == "epoch" else "iterations")
     ax.set_ylabel("error (%)")
