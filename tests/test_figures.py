@@ -20,7 +20,7 @@ from records import format as fmt
 from tools import compare, feature_grid, published, reproduce_cifar, table
 from train.checkpoint import save_atomic
 from train.config import dump_config, load_config
-from train.metrics import figure_runs, read_metrics
+from train.metrics import figure_runs, read_metrics, train_points
 from train.run import main as train
 from train.setup import load_run
 
@@ -262,3 +262,11 @@ def test_a_run_without_val_points_is_in_the_legend(runs):
     fig = figure_runs([("early", early)])
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0] == "early"
     assert len(fig.axes[0].get_lines()) == 1  # its train curve, nothing else
+
+
+def test_train_points_merge_the_short_interval_at_an_epoch_end():
+    records = [{"kind": "train", "iter": i, "error": e}
+               for i, e in ((50, 80.0), (100, 70.0), (101, 0.0), (150, 60.0), (200, 50.0))]
+    records.insert(3, {"kind": "val", "iter": 101, "top1_error": 65.0})
+    assert train_points(records) == [(50, 80.0), (100, 70.0), (150, 60.0 * 49 / 50),
+                                     (200, 50.0)]

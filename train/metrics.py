@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from train.files import atomic_write
@@ -59,19 +60,36 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     plot_runs([("", records)], path, title=title)
 
 
+def train_points(records: list[dict]) -> list[tuple[int, float]]:
+    """(iteration, train error %) of every log step. A step closer to the previous one than the
+    usual interval (the log at an epoch's end) is merged into the next, weighted by iterations:
+    alone, the error of one or two batches would be a spike in the curve."""
+    train = [r for r in records if r["kind"] == "train" and "error" in r]
+    gaps = [max(b["iter"] - a, 1) for a, b in zip([0] + [r["iter"] for r in train], train)]
+    usual = statistics.median(gaps) if gaps else 0
+    points, weight, total = [], 0, 0.0
+    for i, (record, gap) in enumerate(zip(train, gaps)):
+        weight, total = weight + gap, total + record["error"] * gap
+        if weight >= usual or i == len(train) - 1:
+            points.append((record["iter"], total / weight))
+            weight, total = 0, 0.0
+    return points
+
+
 def curve_points(records: list[dict], x: str = "iter") -> dict[str, list[tuple[float, float]]]:
-    """A run's error curves in %: train (every log step), val (every evaluation) and test
-    (final model, once at the end), against iterations or, x="epoch", fractional epochs."""
+    """A run's error curves in %: train (every log step, train_points), val (every evaluation)
+    and test (final model, once at the end), against iterations or, x="epoch", fractional
+    epochs."""
     per_epoch = [r["iter"] / r["epoch"] for r in records if r["kind"] == "epoch" and r["epoch"]]
     if x == "epoch" and not per_epoch:
         raise ValueError("x='epoch' needs a run with one finished epoch at least")
     scale = 1.0 / per_epoch[0] if x == "epoch" else 1.0
-    pick = {"train": lambda r: r["kind"] == "train" and "error" in r,
-            "val": lambda r: r["kind"] == "val",
+    pick = {"val": lambda r: r["kind"] == "val",
             "test": lambda r: r["kind"] == "test" and r.get("which") == "final"}
-    value = {"train": "error", "val": "top1_error", "test": "top1_error"}
-    return {curve: [(r["iter"] * scale, r[value[curve]]) for r in records if keep(r)]
-            for curve, keep in pick.items()}
+    points = {"train": train_points(records)}
+    points.update({curve: [(r["iter"], r["top1_error"]) for r in records if keep(r)]
+                   for curve, keep in pick.items()})
+    return {curve: [(i * scale, e) for i, e in values] for curve, values in points.items()}
 
 
 def figure_runs(runs: list[tuple[str, list[dict]]], x: str = "iter", title: str = ""):
