@@ -255,6 +255,13 @@ def test_reproduce_cifar_budget_runs_resumes_and_writes(colour_cifar, tmp_path):
     stamp = (tmp_path / "resnet20" / "last.pt").stat().st_mtime_ns
     assert reproduce_cifar.main(argv) == 0
     assert (tmp_path / "resnet20" / "last.pt").stat().st_mtime_ns == stamp
+    # a run stopped before its summary: resumed from its last.pt, not started again
+    (tmp_path / "plain20" / "summary.json").unlink()
+    assert reproduce_cifar.main(argv) == 0
+    summary = json.loads((tmp_path / "plain20" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iterations"] == 3
+    starts = [r for r in read_metrics(tmp_path / "plain20") if r["kind"] == "train"]
+    assert [r["iter"] for r in starts] == [1, 2, 3]  # no second pass over iterations 1-3
 
 
 def test_a_run_without_val_points_is_in_the_legend(runs):
