@@ -7,8 +7,8 @@ DATA   ?= data/records
 # Debian packages FFCV compiles and links against at run time (README.md, "Dependencies").
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: install lint test test-fast quickstart dataset-cifar10 dataset-cifar100 dataset-imagenet \
-        bench gpu-check gpu-prepare clean
+.PHONY: install lint test test-fast quickstart reproduce-cifar dataset-cifar10 dataset-cifar100 \
+        dataset-imagenet bench gpu-check gpu-prepare clean
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,13 @@ gpu-check:
 
 gpu-prepare: install
 	$(PY) tools/datasets/photos.py --export-sources build/photo-sources
+
+# The paper's CIFAR-10 table and Figure 6: ResNet-20..110 and plain-20..110 one after another on
+# whatever device there is, resumable (run it again to continue); writes runs/reproduce-cifar/
+# {table.md,figure6_plain.png,figure6_resnet.png}. ARGS="--budget 20": a CPU smoke run.
+reproduce-cifar: install
+	test -f $(DATA)/cifar10/manifest.json || $(MAKE) dataset-cifar10
+	$(PY) tools/reproduce_cifar.py --data $(DATA)/cifar10 --out runs/reproduce-cifar $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

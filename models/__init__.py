@@ -1,6 +1,7 @@
 """ResNets of He et al. 2015 and seed 000, and the paper's plain nets, by name:
 `build_model("resnet32", num_classes=10)`, `build_model("plain20", num_classes=10)`."""
 
+import torch
 from torch import nn
 
 from models.resnet import FACTORIES, ResNet
@@ -24,4 +25,11 @@ def build_model(name: str, num_classes: int, shortcut: str | None = None, **kwar
     return FACTORIES[name](num_classes=num_classes, shortcut=shortcut, **kwargs)
 
 
-__all__ = ["MODELS", "ResNet", "build_model"]
+def shortcut_of(name: str, shortcut: str | None = None) -> str:
+    """The canonical shortcut kind model `name` is built with ("A", "A-avg", "B", "C", "none"):
+    the family default for None, aliases resolved ("identity" -> "A-avg")."""
+    with torch.device("meta"):  # the factory resolves it; meta tensors cost nothing
+        return build_model(name, num_classes=10, shortcut=shortcut).shortcut
+
+
+__all__ = ["MODELS", "ResNet", "build_model", "shortcut_of"]

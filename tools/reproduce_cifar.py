@@ -1,0 +1,104 @@
+"""The paper's CIFAR-10 table and Figure 6 from scratch, one run after another:
+
+  python tools/reproduce_cifar.py [--data data/records/cifar10] [--out runs/reproduce-cifar]
+      [--budget N] [--models resnet20,plain20,...] [key=value ...]
+
+ResNet-20/32/44/56/110 (configs/resnetN.yaml, option A) and plain-20/32/44/56/110
+(configs/fig6_plainN.yaml), each pair by depth, on whatever device run.device=auto finds. Each
+run lives in OUT/<model>; rerunning the command skips finished runs and resumes an interrupted
+one from its last.pt. When every run is finished or has failed, it writes OUT/table.md
+(tools/table.py) and OUT/figure6_plain.png and OUT/figure6_resnet.png (tools/compare.py).
+--budget N: a smoke test, each run N iterations at a constant lr on the CPU.
+key=value overrides apply to every run (e.g. data.backend=ffcv run.compile=default).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from records.format import RecordsError  # noqa: E402
+from tools.compare import compare  # noqa: E402
+from tools.runs import read_run  # noqa: E402
+from tools.table import build_rows, render  # noqa: E402
+from train import run as trainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPTHS = (20, 32, 44, 56, 110)
+CONFIGS = {name: ROOT / "configs" / f"{prefix}{depth}.yaml"
+           for depth in DEPTHS
+           for name, prefix in ((f"resnet{depth}", "resnet"), (f"plain{depth}", "fig6_plain"))}
+
+
+def budget_overrides(iterations: int) -> list[str]:
+    return [f"schedule.total={iterations}", "schedule.unit=iter", "schedule.milestones=[]",
+            "schedule.warmup=0", "run.device=cpu", "run.ckpt_every=0",
+            f"run.log_every={max(1, iterations // 10)}"]
+
+
+def train_one(name: str, out: Path, data: str, overrides: list[str]) -> str:
+    """Train (or resume, or skip) OUT/<name>; returns its status."""
+    run_dir = out / name
+    if (run_dir / "summary.json").is_file() and read_run(run_dir).finished:
+        print(f"{name}: finished already ({run_dir})", flush=True)
+        return "completed"
+    if (run_dir / "last.pt").is_file():
+        argv = ["--resume", str(run_dir), *overrides]
+    else:
+        argv = [str(CONFIGS[name]), f"data.root={data}", f"run.out_dir={out}",
+                f"run.name={name}", *overrides]
+    print(f"{name}: python train/run.py {' '.join(argv)}", flush=True)
+    return trainer.main(argv).status
+
+
+def write_outputs(out: Path, names: list[str]) -> None:
+    dirs = [out / n for n in names if (out / n / "config.yaml").is_file()]
+    text = render(*build_rows(dirs))
+    (out / "table.md").write_text(text)
+    print(text)
+    for family in ("plain", "resnet"):
+        members = [d for d in dirs if d.name.startswith(family)]
+        if members:
+            title = f"{'plain' if family == 'plain' else 'ResNet'} nets, CIFAR-10"
+            compare(members, out / f"figure6_{family}.png", x="iter", title=title)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="data/records/cifar10", help="CIFAR-10 records")
+    parser.add_argument("--out", type=Path, default=Path("runs/reproduce-cifar"))
+    parser.add_argument("--budget", type=int, metavar="N",
+                        help="smoke test: N iterations per run, constant lr, on the CPU")
+    parser.add_argument("--models", default=",".join(CONFIGS),
+                        help=f"comma-separated subset of {','.join(CONFIGS)}")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {list(CONFIGS)}")
+    if args.budget is not None and args.budget < 1:
+        parser.error(f"--budget {args.budget}: must be >= 1")
+    overrides = (budget_overrides(args.budget) if args.budget else []) + args.overrides
+    failed = []
+    for name in names:
+        status = train_one(name, args.out, args.data, overrides)
+        if status == "interrupted":
+            print(f"interrupted: rerun the same command to resume {args.out / name}")
+            return 130
+        if status not in ("completed", "early_stopped"):
+            failed.append(f"{name} ({status})")
+    write_outputs(args.out, names)
+    if failed:
+        print(f"failed: {', '.join(failed)}; see their run directories", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError, RecordsError) as error:
+        sys.exit(f"error: {error}")
