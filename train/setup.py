@@ -15,11 +15,6 @@ from pipelines import num_classes
 from train import checkpoint as ckpt
 from train.config import Config, ConfigError, load_config
 
-# Where channels_last also pays on CPU (tools/bench.py's layouts table, interleaved rounds of
-# bare SGD steps): the CIFAR ResNets, 1.17-1.3x (ResNet-20/32, batch 128, 2 cores). ResNet-34 at
-# 224 px showed no gain (0.86x median of noisy rounds): ImageNet models stay contiguous on CPU.
-CPU_CHANNELS_LAST = ("cifar10", "cifar100")
-
 
 @dataclass(frozen=True)
 class Precision:
@@ -46,8 +41,9 @@ def precision(cfg: Config, device: torch.device) -> Precision:
     if cfg.data.dtype == "bfloat16" and amp is not torch.bfloat16:
         raise ConfigError("data.dtype=bfloat16 needs CUDA with run.amp=bf16; "
                           f"here device={device}, run.amp={cfg.run.amp}")
-    faster = cuda or cfg.data.dataset in CPU_CHANNELS_LAST
-    layout = torch.channels_last if faster and cfg.data.channels_last else torch.contiguous_format
+    # channels_last pays on CPU too (bench/results/cpu-2c-2026-12-02.md, interleaved rounds on a
+    # quiet 2-core machine): ResNet-32 1.28x at batch 128, ResNet-34 1.12x at 224 px.
+    layout = torch.channels_last if cfg.data.channels_last else torch.contiguous_format
     return Precision(amp, layout, device.type)
 
 
