@@ -45,11 +45,6 @@ def file_checks(root: str | Path, files) -> dict[str, dict]:
             for rel in sorted(files)}
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class Checker:
     """Checks of one dataset folder against its manifest; errors name the file and the fix."""
 
@@ -81,7 +76,7 @@ class Checker:
                                       f"{want['size']} (truncated or changed)")
             if sampled_digest(path) != want["sample"]:
                 raise self.fail(path, f"content differs from {fmt.MANIFEST} (sampled digest)")
-            if self.mode == "full" and _sha256(path) != self.manifest["files"][rel]:
+            if self.mode == "full" and fmt.sha256_file(path) != self.manifest["files"][rel]:
                 raise self.fail(path, f"content differs from {fmt.MANIFEST} (sha256)")
             _passed.add(key)
 

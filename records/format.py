@@ -14,6 +14,7 @@ against their manifest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -214,6 +215,12 @@ def read_manifest(root: str | Path, dataset: str | None = None) -> dict:
     if dataset is not None and manifest["dataset"] != dataset:
         raise RecordsError(f"{path}: holds {manifest['dataset']!r} but data.dataset={dataset!r}")
     return manifest
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 a manifest lists for a file ("files")."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_json_atomic(path: str | Path, data) -> Path:

@@ -18,18 +18,13 @@ import warnings
 from pathlib import Path
 
 from records import format as fmt
-from records.format import MANIFEST, write_json_atomic
+from records.format import MANIFEST, sha256_file, write_json_atomic
 from records.lock import LockHeld, PidLock
 
 TMP_MARK = ".tmp-"
 PROGRESS = ".progress"
 # Test hook: seconds to sleep after each committed output, so a test can kill a run mid-way.
 SLEEP_ENV = "RESPIPE_CONVERT_TEST_SLEEP"
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # Bump when a code change alters what is written, so reruns do not reuse older outputs.
