@@ -315,10 +315,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     try:
         return from_dict(apply_overrides(values, overrides), source)
     except ConfigError as error:
-        culprit = _culprit(values, overrides, source)
-        if culprit == source:
+        culprit, message = _culprit(values, overrides, source), str(error)
+        if culprit == source or message.startswith(f"{culprit}: "):  # named already
             raise
-        raise ConfigError(f"{culprit}: {str(error).removeprefix(source + ': ')}") from None
+        raise ConfigError(f"{culprit}: {message.removeprefix(source + ': ')}") from None
 
 
 def _culprit(values: dict, overrides: list[str], source: str) -> str:
