@@ -261,6 +261,7 @@ def test_resume_with_no_loadable_checkpoint_names_both_and_the_way_on(run, capsy
                             f"--resume {run / 'best.pt'}")
     result = main(["--resume", str(run / "best.pt")])  # the way on works (and the lock is free)
     assert result.status == "completed" and iteration_of(run / "last.pt") == 13
+    (run / "summary.json").unlink()  # unfinished again: a finished run is not resumed at all
     (run / "best.pt").unlink()
     (run / "last.pt").write_bytes(b"")
     (run / "last.prev.pt").write_bytes(b"")

@@ -15,7 +15,9 @@ if __name__ == "__main__":  # `python train/run.py`: import the repo's packages,
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import json
 import random
+import shlex
 import signal
 import time
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from train import checkpoint as ckpt
 from train import distributed
 from train.checkpoint import BEST, LAST, PREVIOUS
 from train.config import Config, ConfigError, dump_config, load_config, to_dict
-from train.files import RunError, RunLock, set_aside
+from train.files import LOCK, RunError, RunLock, set_aside
 from train.loop import (
     DATA_BOUND,
     LoopSettings,
@@ -47,16 +49,19 @@ from train.metrics import MetricsLog, plot_curves, read_metrics, write_json, wri
 from train.schedule import EarlyStopper, LRSchedule, build_optimizer
 from train.setup import model_for, precision
 
-EXIT_CODES = {"completed": 0, "early_stopped": 0, "nonfinite": 1, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "early_stopped": 0, "finished": 0, "nonfinite": 1,
+              "interrupted": 130}
+FINISHED = ("completed", "early_stopped")  # summary.json's status of a run that is done
+ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_NOTE = ("ImageNet has no labelled test set: the reported numbers are val numbers, "
                  "on the same images that chose the best model")
 
 
 @dataclass
 class Result:
-    status: str  # completed | early_stopped | interrupted | nonfinite
+    status: str  # completed | early_stopped | interrupted | nonfinite | finished (already)
     run_dir: Path
-    model: torch.nn.Module  # unwrapped from DDP and torch.compile
+    model: torch.nn.Module | None  # unwrapped from DDP and torch.compile; None: finished
     summary: dict | None
 
 
@@ -82,20 +87,54 @@ def parse_args(argv):
     return args
 
 
+def shell_command(script: str, *args) -> str:
+    """`script args` (script: a path in the repository) as a command line that runs as copied
+    from this directory: this interpreter (.venv/bin/python from the repository's root)."""
+    def here(path: Path) -> str:
+        path = path.absolute()
+        return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+
+    return shlex.join([here(Path(sys.executable)), here(ROOT / script), *map(str, args)])
+
+
 def resolve_config(args) -> tuple[Config, Path | None, Path | None]:
     """The config, the run directory (None: name it later) and the checkpoint file named by
     --resume (None: a new run, or RUN_DIR's last.pt)."""
     if args.resume is None:
         cfg = load_config(args.config, args.overrides)
-        if cfg.run.name is None:
-            return cfg, None, None
-        return cfg, Path(cfg.run.out_dir) / cfg.run.name, None
-    resume = Path(args.resume)
-    run_dir, checkpoint = (resume.parent, resume) if resume.suffix == ".pt" else (resume, None)
-    if not run_dir.is_dir():
-        raise RunError(f"--resume {resume}: no such run directory")
-    cfg = load_config(args.config or run_dir / "config.yaml", args.overrides)
+        run_dir, checkpoint = None, None
+        if cfg.run.name is not None:
+            run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    else:
+        resume = Path(args.resume)
+        run_dir, checkpoint = (resume.parent, resume) if resume.suffix == ".pt" else (resume, None)
+        if not run_dir.is_dir():
+            raise RunError(f"--resume {resume}: no such run directory")
+        cfg = load_config(args.config or run_dir / "config.yaml", args.overrides)
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device=cuda: torch sees no CUDA device here; use run.device=cpu "
+                          "(or auto)")
     return cfg, run_dir, checkpoint
+
+
+def finished_summary(run_dir: Path, cfg: Config) -> dict | None:
+    """RUN_DIR's summary.json when the run finished the schedule `cfg` asks for (resuming it
+    would change nothing but its files), else None."""
+    path = run_dir / "summary.json"
+    if not path.is_file() or not (run_dir / "config.yaml").is_file():
+        return None
+    summary = json.loads(path.read_text())
+    same = load_config(run_dir / "config.yaml").schedule == cfg.schedule
+    return summary if same and summary.get("status") in FINISHED else None
+
+
+def finished_line(run_dir: Path, summary: dict) -> str:
+    split = summary.get("reported_split", "test")
+    error = summary.get(f"{split}_top1_error")
+    score = f", {split} error {error:.2f}%" if error is not None else ""
+    return (f"{run_dir} finished already ({summary['status']} at iteration "
+            f"{summary.get('iterations')}{score}): nothing to resume, nothing changed; to "
+            f"evaluate it again: {shell_command('train/evaluate.py', run_dir)}")
 
 
 def new_run_dir(cfg: Config, config_path: str | None) -> Path:
@@ -108,8 +147,11 @@ def clear_for_new_run(run_dir: Path) -> None:
     the records of a run that died before its first checkpoint (nothing to resume) are moved
     into RUN_DIR/aborted-<n>."""
     if any((run_dir / name).is_file() for name in (LAST, PREVIOUS)):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                          "or pick another run.name")
+        if (run_dir / "summary.json").is_file():
+            raise ConfigError(f"{run_dir} holds a finished run; pick another run.name (e.g. "
+                              f"run.name={run_dir.name}-2) or move it away")
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume "
+                          f"{run_dir} or pick another run.name")
     aside = set_aside(run_dir)
     if aside is not None:
         tqdm.write(f"note: {run_dir} held the records of a run that saved no checkpoint; "
@@ -175,11 +217,13 @@ class Trainer:
                        resume: bool) -> tuple[Path, RunLock | None]:
         """Rank 0 names the run directory (a timestamp unless run.name is set), locks it (one
         run at a time) and, for a new run, clears it (clear_for_new_run); every rank gets the
-        name, or rank 0's error."""
-        lock, error = None, None
+        name, or rank 0's error. self.created: the folders this made (release() removes them
+        if the run leaves nothing in them)."""
+        lock, error, self.created = None, None, []
         if self.env.is_main:
             try:
                 run_dir = run_dir or new_run_dir(self.cfg, config_path)
+                self.created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
                 lock = RunLock(run_dir)
                 if not resume:
                     clear_for_new_run(run_dir)
@@ -315,7 +359,7 @@ class Trainer:
         if status == "interrupted":
             if self.env.is_main:
                 tqdm.write(f"interrupted at iteration {state.iteration}; resume with: "
-                           f"python train/run.py --resume {self.run_dir}")
+                           f"{resume_hint(self.run_dir, self.env)}")
             return self.close(Result(status, self.run_dir, self.raw_model, None))
         return self.close(Result(status, self.run_dir, self.raw_model, self.finish(status, val)))
 
@@ -445,14 +489,40 @@ class Trainer:
         return result
 
     def release(self) -> None:
-        """Unlock the run directory (the end of the process would, too)."""
+        """Unlock the run directory (the end of the process would, too). A run that failed
+        before writing anything leaves no folder behind."""
         if self.lock is not None:
+            remove_unused(self.created)
+            self.created = []
             self.lock.release()
+
+
+def remove_unused(created: list[Path]) -> None:
+    """Remove the folders a run created (innermost first) while they hold nothing but its lock
+    (unlinked while still held, so no other run can take it in between)."""
+    if not created or {p.name for p in created[0].iterdir()} != {LOCK}:
+        return
+    (created[0] / LOCK).unlink()
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: someone else's now
+            return
+
+
+def resume_hint(run_dir: Path, env) -> str:
+    if env.distributed:
+        return f"the same torchrun command with --resume {run_dir} in place of the config"
+    return shell_command("train/run.py", "--resume", run_dir)
 
 
 def main(argv=None) -> Result:
     args = parse_args(argv)
     cfg, run_dir, checkpoint = resolve_config(args)
+    finished = finished_summary(run_dir, cfg) if args.resume is not None else None
+    if finished is not None:
+        print(finished_line(run_dir, finished), flush=True)
+        return Result("finished", run_dir, None, finished)
     trainer = Trainer(cfg, run_dir, args.resume is not None, args.config, checkpoint)
     try:
         return trainer.fit()
