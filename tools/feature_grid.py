@@ -4,12 +4,13 @@
       [--device cpu] [key=value ...]
 
 The penultimate features (global-average-pooled, the fc layer's input) of every image of the
-split, from RUN_DIR/best.pt. One row per feature (or per each of the K features of largest
-variance, in index order): the images sorted by the magnitude of that feature, the 10 least
-relevant on the left half and the 10 most relevant on the right, magnitude rising left to right
-across the row; the feature's index on the left and a thin red line between the halves. The
-images are what the net saw (the split's eval view), un-normalized. key=value overrides apply to
-the run's config (e.g. data.root=... on another machine).
+split, from RUN_DIR/best.pt (an unfinished run's best so far, with a note). One row per feature
+(or per each of the K features of largest variance, in index order): the images sorted by the
+magnitude of that feature, the 10 least relevant on the left half and the 10 most relevant on
+the right, magnitude rising left to right across the row; the feature's index on the left and a
+thin red line between the halves. The images are what the net saw (the split's eval view),
+un-normalized. key=value overrides apply to the run's config (e.g. data.root=... on another
+machine).
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from tqdm import tqdm  # noqa: E402
 from pipelines import build_loader, report_split  # noqa: E402
 from pipelines.ops import unnormalize  # noqa: E402
 from records.format import RecordsError  # noqa: E402
+from tools.runs import read_run  # noqa: E402
+from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import ConfigError  # noqa: E402
 from train.setup import load_run, precision  # noqa: E402
 
@@ -129,6 +132,14 @@ def feature_grid(run_dir: str | Path, split: str | None = None, k: int | None = 
     if split == "train":
         raise ValueError("--split train: its loader shuffles and augments, so the images cannot "
                          "be found again; use val or test")
+    run = read_run(run_dir)
+    if not (run.path / "best.pt").is_file():
+        raise FileNotFoundError(f"{run.path / 'best.pt'}: no such checkpoint yet (a run writes "
+                                "it at its first evaluation)")
+    if not run.finished:
+        print(f"note: {run.label}: the grid shows its best model so far", file=sys.stderr)
+    if (device or run.cfg.run.device) == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no CUDA device here; use --device cpu")
     cfg, model = load_run(run_dir, "best.pt", overrides, device)
     dev = next(model.parameters()).device
     split = split or report_split(cfg.data)
@@ -142,8 +153,8 @@ def feature_grid(run_dir: str | Path, split: str | None = None, k: int | None = 
     out = Path(out) if out else Path(run_dir) / f"features_{split}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out, optimize=True)
-    print(f"{out}: {len(chosen)} of {features.shape[1]} features x {2 * PER_SIDE} of "
-          f"{features.shape[0]} {split} images")
+    print(f"{out}: {run.label}, {len(chosen)} of {features.shape[1]} features x "
+          f"{2 * PER_SIDE} of {features.shape[0]} {split} images")
     return out
 
 
@@ -169,5 +180,5 @@ def main(argv=None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, RecordsError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, CheckpointError, RecordsError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -19,6 +19,7 @@ import torchvision.utils  # noqa: E402
 from pipelines import build_loader  # noqa: E402
 from pipelines.ops import unnormalize  # noqa: E402
 from pipelines.spec import BACKENDS, DATASETS, EVAL_MODES, DataConfig  # noqa: E402
+from records.format import RecordsError  # noqa: E402
 
 
 def preview(backend: str, dataset: str, root: str, out: str = "preview.png",
@@ -60,12 +61,18 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epoch", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu")
     preview(args.backend, args.dataset, args.root, args.out, args.split, args.count,
             args.eval_mode, args.scale, args.seed, args.epoch, args.device, args.workers)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (RecordsError, FileNotFoundError, ValueError, ImportError) as error:
+        sys.exit(f"error: {error}")

@@ -3,6 +3,7 @@ summary.json when it finished (train/run.py writes summary.json last)."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,19 @@ class Run:
         return self.summary is not None and self.summary.get("status") in FINISHED
 
     @property
+    def synthetic(self) -> bool:
+        """Trained on the synthetic backend: random images, not its config's dataset."""
+        return self.cfg.data.backend == "synthetic"
+
+    @property
+    def label(self) -> str:
+        """The run's name, and what it really was where its config's dataset would mislead."""
+        notes = ["synthetic data"] if self.synthetic else []
+        if not self.finished:
+            notes.append(f"unfinished, iteration {self.iteration}")
+        return f"{self.name} ({', '.join(notes)})" if notes else self.name
+
+    @property
     def iteration(self) -> int:
         """The last iteration logged."""
         return max((r["iter"] for r in self.records), default=0)
@@ -46,11 +60,29 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+class NotARun(FileNotFoundError):
+    """A folder that holds no run (no config.yaml)."""
+
+
 def read_run(path: str | Path) -> Run:
     path = Path(path)
     if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path}: not a run directory (no config.yaml)")
+        raise NotARun(f"{path}: not a run directory (no config.yaml)")
     records = read_metrics(path) if (path / METRICS).is_file() else []
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     return Run(path, load_config(path / "config.yaml"), records, summary)
+
+
+def read_runs(paths) -> list[Run]:
+    """The runs among `paths` (e.g. a shell's runs/*/); each folder that is not a run is
+    skipped with a one-line note. None at all is an error."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(read_run(path))
+        except NotARun as why:
+            print(f"note: skipped {why}", file=sys.stderr)
+    if not runs:
+        raise NotARun(f"no run directory among {', '.join(map(str, paths))}")
+    return runs

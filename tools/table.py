@@ -8,7 +8,9 @@ error or accuracy, %). CIFAR runs are measured on the test set (the final model,
 ImageNet runs on val: center crop from summary.json, 10-crop and multi-scale from the
 eval_<mode>_val.json files of train/evaluate.py. A run whose net has no published number gets
 one row with the published column empty. Unfinished runs (no summary.json, interrupted, or
-stopped on a non-finite loss) are listed apart, with how far they got, and measure nothing.
+stopped on a non-finite loss) are listed apart, with how far they got, and measure nothing. A
+run on the synthetic backend measured random images, not its dataset: it is never compared
+with a published number. Folders that hold no run are skipped with a note.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from models import shortcut_of  # noqa: E402
 from pipelines import report_split  # noqa: E402
 from tools.published import Published, lookup  # noqa: E402
-from tools.runs import UNITS, Run, read_run  # noqa: E402
+from tools.runs import UNITS, Run, read_runs  # noqa: E402
+from train.run import shell_command  # noqa: E402
 
 COLUMNS = ("table", "row", "run", "metric", "measured", "published", "difference", "note")
 SHORT = 0.95  # a completed run below this fraction of the published schedule is "shortened"
@@ -55,7 +58,8 @@ def measured_error(run: Run, protocol: str) -> tuple[float | None, str]:
         return run.summary[f"{split}_top1_error"], ""
     result = run.eval_result(protocol, split)
     if result is None:
-        return None, (f"not evaluated: python train/evaluate.py {run.path} --mode {protocol}")
+        return None, ("not evaluated: "
+                      f"{shell_command('train/evaluate.py', run.path, '--mode', protocol)}")
     return result["top1_error"], ""
 
 
@@ -70,15 +74,20 @@ def shortened(run: Run, pub: Published) -> str:
 def rows_for(run: Run) -> list[Row]:
     model = run.cfg.model.name
     shortcut = shortcut_of(model, run.cfg.model.shortcut)
-    matches = lookup(model, shortcut, run.cfg.data.dataset)
+    matches = [] if run.synthetic else lookup(model, shortcut, run.cfg.data.dataset)
+    if run.synthetic:
+        table, row = "synthetic data (no dataset)", f"{model} {shortcut}"
+        note = (f"data.backend=synthetic: random images, not {run.cfg.data.dataset}; not "
+                "comparable with a published number")
+    elif matches:
+        table, row, note = matches[0].table, matches[0].row, ""
+    else:
+        table, row, note = "no published number", f"{model} {shortcut} {run.cfg.data.dataset}", ""
     if not run.finished:
-        table = matches[0].table if matches else "unfinished"
-        return [Row(table, matches[0].row if matches else model, run.name, "top-1 error %",
-                    None, None, run.progress())]
+        return [Row(table, row, run.name, "top-1 error %", None, None, run.progress())]
     if not matches:
         error, _ = measured_error(run, "test")
-        return [Row("no published number", f"{model} {shortcut} {run.cfg.data.dataset}",
-                    run.name, "top-1 error %", error, None, "")]
+        return [Row(table, row, run.name, "top-1 error %", error, None, note)]
     rows = []
     for pub in matches:
         error, note = measured_error(run, pub.protocol)
@@ -93,7 +102,7 @@ def rows_for(run: Run) -> list[Row]:
 
 def build_rows(run_dirs: list[str | Path]) -> tuple[list[Row], list[Row]]:
     """(rows of finished runs, rows of unfinished ones)."""
-    runs = [read_run(d) for d in run_dirs]
+    runs = read_runs(run_dirs)
     done = [row for run in runs if run.finished for row in rows_for(run)]
     pending = [row for run in runs if not run.finished for row in rows_for(run)]
     return done, pending
