@@ -46,19 +46,19 @@ dataset-imagenet: install
 	$(PY) tools/convert.py imagenet --src $(IMAGENET_SRC) --out $(DATA)
 
 # The main job: CIFAR-10 records if they are missing (download, or CIFAR10_SRC=...), then
-# ResNet-20 for 900 iterations; prints where the curves and the summary are.
+# ResNet-20 for 900 iterations in runs/quickstart; prints where the curves and the summary are.
 quickstart: install
 	test -f $(DATA)/cifar10/manifest.json || $(MAKE) dataset-cifar10
-	$(PY) train/run.py configs/quickstart.yaml data.root=$(DATA)/cifar10 $(ARGS)
+	$(PY) train/run.py configs/quickstart.yaml data.root=$(DATA)/cifar10 run.name=quickstart $(ARGS)
 
 # Every backend alone and end to end, trainer vs bare loop, layouts, converter vs PIL: builds
 # its own ImageNet-format photo set, uses CIFAR-10 when converted. Writes bench/results/.
 bench: install
-	$(PY) tools/bench.py --cifar $(DATA)/cifar10 $(ARGS)
+	$(PY) tools/bench.py $(if $(wildcard $(DATA)/cifar10/manifest.json),--cifar $(DATA)/cifar10) $(ARGS)
 
-# On a GPU machine (no venv there: GPU_PY=python3): CUDA tests, the benchmark, the ResNet-32
-# paper schedule. Before: `make gpu-prepare` here, carry build/photo-sources (the machine has
-# no scikit-image); CIFAR10_TAR: the staged tarball (shared/GPU.md). ARGS=--smoke: CPU dry run.
+# On a GPU machine (without a venv: python3): CUDA tests, the benchmark, the ResNet-32 paper
+# schedule (tools/gpu_check.py). Without scikit-image there: `make gpu-prepare` where it is, and
+# copy build/photo-sources along; CIFAR10_TAR: the CIFAR-10 tarball. ARGS=--smoke: CPU dry run.
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	$(GPU_PY) tools/gpu_check.py $(if $(CIFAR10_TAR),--cifar-tar $(CIFAR10_TAR)) $(ARGS)
@@ -68,10 +68,11 @@ gpu-prepare: install
 
 # The paper's CIFAR-10 table and Figure 6: ResNet-20..110 and plain-20..110 one after another on
 # whatever device there is, resumable (run it again to continue); writes runs/reproduce-cifar/
-# {table.md,figure6_plain.png,figure6_resnet.png}. ARGS="--budget 20": a CPU smoke run.
+# {table.md,figure6_plain.png,figure6_resnet.png}. ARGS="--budget 20": a CPU smoke run, kept
+# apart in runs/reproduce-cifar-budget20/.
 reproduce-cifar: install
 	test -f $(DATA)/cifar10/manifest.json || $(MAKE) dataset-cifar10
-	$(PY) tools/reproduce_cifar.py --data $(DATA)/cifar10 --out runs/reproduce-cifar $(ARGS)
+	$(PY) tools/reproduce_cifar.py --data $(DATA)/cifar10 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
