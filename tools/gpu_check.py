@@ -1,25 +1,26 @@
-"""Everything only a GPU machine can show, in one command, ordered by value (shared/GPU.md):
+"""Everything only a GPU machine can show, in one command, ordered by value:
 
   1. the CUDA tests (pytest -m cuda);
   2. the benchmark (tools/bench.py: every installed backend, the ImageNet-format photo set built
-     here, and CIFAR-10 when its records or tarball are given);
+     here, and CIFAR-10 when its records or tarball are there);
   3. the ResNet-32 CIFAR-10 paper schedule (configs/resnet32.yaml: 64k iterations of batch 128,
      native backend, torch.compile) timed end to end; its summary.json and curves.png are copied
      beside the benchmark results.
 
-  make gpu-check                     # or: python tools/gpu_check.py --cifar-tar FILE --out DIR
-  python tools/gpu_check.py --smoke  # the CPU dry run: every part, tiny sizes
+  make gpu-check CIFAR10_TAR=/path/to/cifar-10-python.tar.gz    # all three
+  .venv/bin/python tools/gpu_check.py --cifar data/records/cifar10 --out DIR
+  .venv/bin/python tools/gpu_check.py --skip paper              # tests and benchmark only
+  make gpu-check ARGS=--smoke                                   # a CPU dry run, tiny sizes
+
+CIFAR-10 comes from --cifar, --cifar-tar (converted here) or data/records/cifar10; without it the
+paper part is skipped, and says so. The benchmark's photo set needs scikit-image's photos: on a
+machine without scikit-image, run `make gpu-prepare` where it is installed and copy
+build/photo-sources along. The parts' default time limits (--timeouts) fit in 10 minutes.
 
 Writes OUT/<machine>-<date>.{json,md,png} (the benchmark), OUT/<machine>-<date>-resnet32/ and
-OUT/<machine>-<date>-gpu-check.json (what ran, its exit status, seconds, and the goals).
-A part that fails or runs out of time is recorded and the next one still runs.
-
-On the device (15 minutes in all, 10 per call; shared/GPU.md), in order of value:
-  here:    make gpu-prepare        # build/photo-sources: the machine has no scikit-image
-  call 1:  make gpu-check ARGS="--skip paper --out $OUT"   carrying build/photo-sources
-  then, if time is left: stage CIFAR-10 (3 calls) and
-  call 5:  make gpu-check CIFAR10_TAR=/tmp/staged/cifar-10-python.tar.gz \
-               ARGS="--skip tests,bench --out $OUT"
+OUT/<machine>-<date>-gpu-check.json (what ran, its exit status, seconds, and the goals); --smoke
+writes OUT/<machine>-<date>-smoke*, never over the day's results. A part that fails or runs out
+of time is recorded and the next one still runs; the exit status is then 1.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from tools.benchmark import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CIFAR = ROOT / "data" / "records" / "cifar10"
 PAPER_CONFIG = "configs/resnet32.yaml"
 SOURCES = ROOT / "build" / "photo-sources"  # carried to a GPU machine that lacks scikit-image
 # One device call may run 10 minutes: the three parts fit in one (or --skip to split them).
@@ -71,7 +73,7 @@ def cifar_records(args, work: Path) -> Path | None:
     if args.cifar:
         return Path(args.cifar)
     if not args.cifar_tar:
-        return None
+        return DEFAULT_CIFAR if (DEFAULT_CIFAR / "manifest.json").is_file() else None
     from tools.convert import convert
 
     print(f"== converting {args.cifar_tar}", flush=True)
@@ -83,7 +85,8 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--work", default=str(ROOT / "build" / "gpu-check"))
-    parser.add_argument("--cifar", help="CIFAR-10 records (tools/convert.py output)")
+    parser.add_argument("--cifar", help="CIFAR-10 records (tools/convert.py output; default "
+                        f"{DEFAULT_CIFAR.relative_to(ROOT)} when there)")
     parser.add_argument("--cifar-tar", help="the CIFAR-10 python tarball, converted here")
     parser.add_argument("--sources", default=str(SOURCES) if SOURCES.is_dir() else None,
                         help="photos for the set where scikit-image is missing (default "
@@ -103,7 +106,8 @@ def main(argv=None) -> dict:
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    stem = f"{report.machine_tag(device)}-{report.now():%Y-%m-%d}"
+    smoke = "-smoke" if args.smoke else ""  # never over the day's real results
+    stem = f"{report.machine_tag(device)}-{report.now():%Y-%m-%d}{smoke}"
     result = {"device": report.device_name(device), "versions": report.versions(),
               "load_average_before": report.load_average(), "smoke": args.smoke,
               "goals": GOALS, "parts": {}}
@@ -117,8 +121,8 @@ def main(argv=None) -> dict:
     cifar = cifar_records(args, work)
     if "bench" not in skip:
         command = [python, "tools/bench.py", "--out", str(out), "--name", stem,
-                   "--work", str(work / "bench"),
-                   "--cifar", str(cifar) if cifar else str(work / "no-cifar")]
+                   "--work", str(work / "bench")]
+        command += ["--cifar", str(cifar)] if cifar else []
         command += ["--sources", args.sources] if args.sources else []
         command += ["--smoke"] if args.smoke else []
         result["parts"]["bench"] = run_part("benchmark", command, timeouts["bench"],
@@ -132,6 +136,9 @@ def main(argv=None) -> dict:
     path = out / f"{stem}-gpu-check.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+    if failed(result):
+        print(f"error: failed: {', '.join(failed(result))}; the logs are in {work}",
+              file=sys.stderr)
     return result
 
 
@@ -139,7 +146,10 @@ def paper_schedule(args, cifar: Path | None, dest: Path, work: Path, python: str
                    timeout: float) -> dict:
     """ResNet-32, CIFAR-10, the paper's 64k iterations, native backend, compiled; timed."""
     if cifar is None:
-        return {"exit": "skipped", "why": "no CIFAR-10 (give --cifar or --cifar-tar)"}
+        why = (f"no CIFAR-10 (give --cifar or --cifar-tar, CIFAR10_TAR= to make, or convert it "
+               f"into {DEFAULT_CIFAR.relative_to(ROOT)})")
+        print(f"== ResNet-32 paper schedule: skipped: {why}", flush=True)
+        return {"exit": "skipped", "why": why}
     overrides = [f"data.root={cifar}", "data.backend=native", "run.compile=default",
                  f"run.out_dir={work / 'runs'}", "run.name=resnet32-paper", "run.progress=false"]
     if args.smoke:
@@ -163,5 +173,11 @@ def paper_schedule(args, cifar: Path | None, dest: Path, work: Path, python: str
     return part
 
 
+def failed(result: dict) -> list[str]:
+    """'<part> (exit <status>, log <file>)' of each part that failed or ran out of time."""
+    return [f"{name} (exit {part['exit']}, log {part['log']})"
+            for name, part in result["parts"].items() if part["exit"] not in (0, "skipped")]
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if failed(main()) else 0)

@@ -9,6 +9,8 @@ import json
 import os
 import platform
 import re
+import shlex
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,6 +78,32 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def record(args, argv, device: torch.device, load_before, settings, sizes, datasets,
+           parts: dict, conversion: dict | None, notes: list[str]) -> dict:
+    """The results' JSON (its keys: SCHEMA), with this exact command and the load after."""
+    stamp = now()
+    command = shlex.join(["python", "tools/bench.py", *(sys.argv[1:] if argv is None else argv)])
+    return {
+        "command": command, "date": stamp.isoformat(timespec="seconds"),
+        "machine": machine_tag(device), "device": device_name(device),
+        "device_type": device.type, "cores": cores(), "versions": versions(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "busy": is_busy(load_before),  # after: includes the benchmark itself
+        "settings": {"smoke": args.smoke, "workers": settings.workers, "amp": args.amp,
+                     "compile": args.compile, "channels_last": settings.channels_last,
+                     **vars(sizes)},
+        "datasets": [d.as_dict() for d in datasets], **parts, "conversion": conversion,
+        "notes": notes,
+    }
+
+
+def default_name(result: dict) -> str:
+    """<machine>-<date>, and -smoke for a smoke run: it never replaces the day's results."""
+    smoke = "-smoke" if result["settings"]["smoke"] else ""
+    return f"{result['machine']}-{result['date'][:10]}{smoke}"
+
+
 def write(result: dict, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
@@ -86,6 +114,19 @@ def write(result: dict, out: Path, name: str) -> list[Path]:
 
 
 # ---------------------------------------------------------------- Markdown
+
+
+FAILED = "failed: "  # the note of a part that failed (tools/benchmark/parts.py)
+
+
+def failed(row: dict) -> bool:
+    return row.get("note", "").startswith(FAILED)
+
+
+def note(row: dict) -> str:
+    """A row's note, a failure in bold."""
+    text = row.get("note", "")
+    return f"**failed**: {text.removeprefix(FAILED)}" if failed(row) else text
 
 
 def number(value: float | None) -> str:
@@ -123,7 +164,7 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
         "backend": ("<", lambda r: r["backend"]),
         "images/s": (">", lambda r: number(r.get("images_per_s"))),
         "× torchvision": (">", lambda r: number(r.get("vs_torchvision"))),
-        "notes": ("<", lambda r: r.get("note", ""))})
+        "notes": ("<", note)})
     lines += table("End to end through `train.loop.train_one_epoch` (loader efficiency = e2e ÷ "
                    "synthetic)", result["e2e"], {
         "dataset": ("<", lambda r: r["dataset"]), "model": ("<", lambda r: r["model"]),
@@ -132,7 +173,7 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
         "efficiency": (">", lambda r: number(r.get("efficiency"))),
         "data wait": (">", lambda r: "" if r.get("data_wait") is None
                       else f"{100 * r['data_wait']:.0f}%"),
-        "notes": ("<", lambda r: r.get("note", ""))})
+        "notes": ("<", note)})
     lines += table("The trainer against a bare eager loop (same model, batch, run; goal ≥ 0.95)",
                    result["trainer_vs_bare"], {
         "model": ("<", lambda r: r["model"]), "batch": (">", lambda r: str(r["batch"])),
@@ -165,7 +206,8 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
 
 def chart(result: dict, path: Path) -> None:
     """Per dataset: loader images/s (train and eval) per backend with the torchvision
-    DataLoader marked, and end-to-end images/s with the synthetic bound marked."""
+    DataLoader marked, and end-to-end images/s with the synthetic bound marked. A backend that
+    failed is marked "failed" where its bar would be (why: the Markdown's notes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,9 +231,11 @@ def _loader_panel(ax, rows: list[dict], dataset: str) -> None:
     splits = list(dict.fromkeys(r["split"] for r in rows))
     width = 0.8 / max(len(splits), 1)
     for k, split in enumerate(splits):
-        values = [next((r.get("images_per_s") or 0 for r in rows
-                        if r["backend"] == b and r["split"] == split), 0) for b in backends]
-        ax.bar([i + k * width for i in range(len(backends))], values, width, label=split)
+        cells = [next((r for r in rows if r["backend"] == b and r["split"] == split), {})
+                 for b in backends]
+        positions = [i + k * width for i in range(len(backends))]
+        ax.bar(positions, [r.get("images_per_s") or 0 for r in cells], width, label=split)
+        _mark_failed(ax, positions, cells)
         for split_rows in (r for r in rows if r["split"] == split
                            and r["backend"] == "torchvision" and r.get("images_per_s")):
             ax.axhline(split_rows["images_per_s"], linestyle="--", linewidth=0.8,
@@ -211,6 +255,7 @@ def _e2e_panel(ax, rows: list[dict], dataset: str) -> None:
     real = [r for r in rows if r["backend"] != "synthetic"]
     ax.bar([r["backend"] for r in real], [r.get("images_per_s") or 0 for r in real],
            color="C2")
+    _mark_failed(ax, range(len(real)), real)
     bound = next((r.get("images_per_s") for r in rows if r["backend"] == "synthetic"), None)
     if bound:
         ax.axhline(bound, linestyle="--", color="k", linewidth=1, label="synthetic bound")
@@ -219,3 +264,11 @@ def _e2e_panel(ax, rows: list[dict], dataset: str) -> None:
     ax.set_ylabel("training images/s")
     ax.set_title(f"{dataset}: end to end, {model}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+
+
+def _mark_failed(ax, positions, rows: list[dict]) -> None:
+    """A red "failed" standing where the bar of each failed row would be."""
+    for x, row in zip(positions, rows):
+        if failed(row):
+            ax.text(x, 0.03, "failed", transform=ax.get_xaxis_transform(), rotation=90,
+                    ha="center", va="bottom", color="red", fontsize=8, fontweight="bold")
