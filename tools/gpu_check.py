@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--work", default=str(ROOT / "build" / "gpu-check"))
     parser.add_argument("--cifar", help="CIFAR-10 records (tools/convert.py output; default "
-                        f"{DEFAULT_CIFAR.relative_to(ROOT)} when there)")
+                        "data/records/cifar10 when there)")
     parser.add_argument("--cifar-tar", help="the CIFAR-10 python tarball, converted here")
     parser.add_argument("--sources", default=str(SOURCES) if SOURCES.is_dir() else None,
                         help="photos for the set where scikit-image is missing (default "
@@ -146,8 +146,8 @@ def paper_schedule(args, cifar: Path | None, dest: Path, work: Path, python: str
                    timeout: float) -> dict:
     """ResNet-32, CIFAR-10, the paper's 64k iterations, native backend, compiled; timed."""
     if cifar is None:
-        why = (f"no CIFAR-10 (give --cifar or --cifar-tar, CIFAR10_TAR= to make, or convert it "
-               f"into {DEFAULT_CIFAR.relative_to(ROOT)})")
+        why = ("no CIFAR-10 (give --cifar or --cifar-tar, CIFAR10_TAR= to make, or convert it "
+               "with make dataset-cifar10)")
         print(f"== ResNet-32 paper schedule: skipped: {why}", flush=True)
         return {"exit": "skipped", "why": why}
     overrides = [f"data.root={cifar}", "data.backend=native", "run.compile=default",

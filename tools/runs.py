@@ -77,12 +77,14 @@ def read_run(path: str | Path) -> Run:
 def read_runs(paths) -> list[Run]:
     """The runs among `paths` (e.g. a shell's runs/*/); each folder that is not a run is
     skipped with a one-line note. None at all is an error."""
-    runs = []
+    runs, skipped = [], []
     for path in paths:
         try:
             runs.append(read_run(path))
         except NotARun as why:
-            print(f"note: skipped {why}", file=sys.stderr)
+            skipped.append(str(why))
     if not runs:
-        raise NotARun(f"no run directory among {', '.join(map(str, paths))}")
+        raise NotARun(f"no run directory among {', '.join(map(str, paths))} (no config.yaml)")
+    for why in skipped:
+        print(f"note: skipped {why}", file=sys.stderr)
     return runs

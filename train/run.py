@@ -492,17 +492,17 @@ class Trainer:
         """Unlock the run directory (the end of the process would, too). A run that failed
         before writing anything leaves no folder behind."""
         if self.lock is not None:
-            remove_unused(self.created)
+            remove_unused(self.run_dir, self.created)
             self.created = []
             self.lock.release()
 
 
-def remove_unused(created: list[Path]) -> None:
-    """Remove the folders a run created (innermost first) while they hold nothing but its lock
-    (unlinked while still held, so no other run can take it in between)."""
-    if not created or {p.name for p in created[0].iterdir()} != {LOCK}:
+def remove_unused(run_dir: Path, created: list[Path]) -> None:
+    """If the run left nothing but its lock in run_dir: remove the lock (while still held, so
+    no other run takes it in between) and the folders the run created, innermost first."""
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} != {LOCK}:
         return
-    (created[0] / LOCK).unlink()
+    (run_dir / LOCK).unlink()
     for folder in created:
         try:
             folder.rmdir()
