@@ -4,7 +4,7 @@ synthetic upper bound, the trainer against a bare eager loop, channels_last agai
 and the ImageNet converter against a one-process PIL reference.
 
   make bench                                      # everything, from nothing but `make install`
-  python tools/bench.py [--cifar DIR] [--imagenet DIR] [--smoke] [...]
+  .venv/bin/python tools/bench.py [--cifar DIR] [--imagenet DIR] [--smoke] [...]
 
 Without --imagenet it builds an ImageNet-format set from real photos (tools/datasets/photos.py)
 under --work and converts it (that conversion is the converter benchmark). CIFAR-10 is used when

@@ -1,6 +1,7 @@
 """Several runs' error curves on one chart, the paper's Figure 6 look:
 
-  python tools/compare.py RUN_DIR... --out fig.png [--x iter|epoch] [--title TEXT]
+  .venv/bin/python tools/compare.py RUN_DIR... --out fig.png [--x iter|epoch]
+      [--title TEXT]
 
 Train error thin and dashed (every log step), val error bold (every evaluation: the trainer
 picks its best model on val and meets the test set only at the end), the final model's test

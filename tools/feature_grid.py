@@ -1,7 +1,7 @@
 """Seed 000's feature-relevance picture of a trained run, as one PNG:
 
-  python tools/feature_grid.py RUN_DIR [--split test] [--features K] [--out grid.png]
-      [--device cpu] [key=value ...]
+  .venv/bin/python tools/feature_grid.py RUN_DIR [--split test] [--features K]
+      [--out grid.png] [--device cpu] [key=value ...]
 
 The penultimate features (global-average-pooled, the fc layer's input) of every image of the
 split, from RUN_DIR/best.pt (an unfinished run's best so far, with a note). One row per feature

@@ -1,7 +1,8 @@
 """A PNG grid of what a backend hands the training loop, un-normalized back to pixels.
 
-  python tools/preview.py --backend native --dataset cifar10 --root data/records/cifar10
-  python tools/preview.py --backend dali --dataset imagenet --root DIR --split val \
+  .venv/bin/python tools/preview.py --backend native --dataset cifar10 \
+      --root data/records/cifar10
+  .venv/bin/python tools/preview.py --backend dali --dataset imagenet --root DIR --split val \
       --eval-mode tencrop --out tencrop.png
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The paper's CIFAR-10 table and Figure 6 from scratch, one run after another:
 
-  python tools/reproduce_cifar.py [--data data/records/cifar10] [--out DIR] [--budget N]
-      [--models resnet20,plain20,...] [key=value ...]
+  .venv/bin/python tools/reproduce_cifar.py [--data data/records/cifar10] [--out DIR]
+      [--budget N] [--models resnet20,plain20,...] [key=value ...]
 
 ResNet-20/32/44/56/110 (configs/resnetN.yaml, option A) and plain-20/32/44/56/110
 (configs/fig6_plainN.yaml), each pair by depth, on whatever device run.device=auto finds. Each

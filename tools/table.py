@@ -1,6 +1,6 @@
 """The seeds' and the paper's tables regenerated from runs:
 
-  python tools/table.py RUN_DIR... [--format md|csv] [--out FILE]
+  .venv/bin/python tools/table.py RUN_DIR... [--format md|csv] [--out FILE]
 
 One row per (run, published number of its net): the measured number, the published one
 (tools/published.py), and measured - published, in the metric the source printed (top-1
