@@ -19,7 +19,7 @@ import matplotlib
 import pytest
 import torch
 import yaml
-from test_train_faults import stop_at
+from test_train_faults import keep_threads, stop_at  # noqa: F401 (keep_threads: autouse)
 
 from fixtures import subprocess_env, tiny_args, write_tiny_cifar, write_tiny_imagenet
 from tools import gpu_check
@@ -58,18 +58,12 @@ def files_in(folder: Path) -> dict[str, int]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def finished(colour_cifar, tmp_path_factory) -> Path:
     """A tiny finished run (one epoch of 13 iterations)."""
-    out = tmp_path_factory.mktemp("finished")
+    out, threads = tmp_path_factory.mktemp("finished"), torch.get_num_threads()
     assert train(tiny_args(colour_cifar, out, "done", "schedule.total=1")).status == "completed"
+    torch.set_num_threads(threads)
     return out / "done"
 
 
