@@ -29,7 +29,7 @@ def loaders(datasets: list[Dataset], backends: list[str], sizes: Sizes,
     rows = []
     for d in datasets:
         for backend in backends:
-            why = available(backend)
+            why = available(backend, d)
             cfg = data_config(d.name, d.records, backend, d.loader_batch, sizes,
                               num_workers=settings.workers,
                               channels_last=settings.channels_last)
@@ -52,7 +52,7 @@ def end_to_end(datasets: list[Dataset], backends: list[str], sizes: Sizes,
     rows = []
     for d in datasets:
         for backend in [*backends, "synthetic"]:
-            why = available(backend)
+            why = available(backend, d)
             row = {"dataset": d.name, "backend": backend, "model": d.model,
                    "batch": d.e2e_batch}
             root = measure.NO_RECORDS if backend == "synthetic" else str(d.records)

@@ -73,6 +73,7 @@ class Dataset:
     loader_batch: int
     model: str
     e2e_batch: int
+    formats: tuple[str, ...]  # those the records were converted to
 
     def as_dict(self) -> dict:
         return {"name": self.name, "records": str(self.records),
@@ -80,15 +81,25 @@ class Dataset:
                 "e2e_batch": self.e2e_batch}
 
 
-def available(backend: str) -> str | None:
-    """None if the backend can run here, else why not."""
+def available(backend: str, dataset: Dataset | None = None) -> str | None:
+    """None if the backend can run here (on the dataset's records), else why not."""
     module = NEEDS.get(backend)
     try:
         if module and importlib.util.find_spec(module) is None:
             return f"{module} not installed"
     except (ImportError, ValueError):
         return f"{module} not installed"
+    needed = dataset and fmt.backend_format(dataset.name, backend)
+    if needed and needed not in dataset.formats:
+        return (f"{dataset.records} holds no {needed} records (converted to "
+                f"{', '.join(dataset.formats)} only)")
     return None
+
+
+def converted(records: Path) -> tuple[str, tuple[str, ...]]:
+    """(dataset name, formats) of a records folder, from its manifest."""
+    manifest = fmt.read_manifest(records)
+    return manifest["dataset"], tuple(manifest["formats"])
 
 
 def check_inputs(args) -> None:
@@ -112,9 +123,9 @@ def datasets(args, sizes: Sizes, workers: int, notes: list[str]
     found, conversion = [], None
     cifar = Path(args.cifar) if args.cifar else DEFAULT_CIFAR
     if (cifar / fmt.MANIFEST).is_file():
-        name = fmt.read_manifest(cifar)["dataset"]
+        name, formats = converted(cifar)
         found.append(Dataset(name, cifar, sizes.cifar_batch, sizes.cifar_model,
-                             sizes.cifar_e2e_batch))
+                             sizes.cifar_e2e_batch, formats))
     else:
         notes.append(f"no CIFAR records at {cifar}: `make dataset-cifar10` adds them")
     if args.imagenet:
@@ -122,7 +133,7 @@ def datasets(args, sizes: Sizes, workers: int, notes: list[str]
     else:
         imagenet, conversion = photo_records(args, sizes, workers, notes)
     found.append(Dataset("imagenet", imagenet, sizes.imagenet_batch, sizes.imagenet_model,
-                         sizes.imagenet_e2e_batch))
+                         sizes.imagenet_e2e_batch, converted(imagenet)[1]))
     return found, conversion
 
 
