@@ -213,7 +213,8 @@ def test_reproduce_cifar_keeps_smoke_runs_apart(colour_cifar, tmp_path):
     before = files_in(folder)  # the full schedule pointed at the smoke runs: refused at once
     full = cli(ROOT / "tools/reproduce_cifar.py", "--out", folder, *tiny, cwd=tmp_path)
     one_line_error(full, f"{folder / 'resnet20'} holds a run of another schedule",
-                   "2 iters", "64000 iters", "give --out another folder")
+                   "(2 iterations, constant lr; this command trains 64000 iterations, lr x0.1 at "
+                   "[32000, 48000])", "give --out another folder")
     assert files_in(folder) == before
 
 

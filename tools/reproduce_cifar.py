@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from records.format import RecordsError  # noqa: E402
 from tools.compare import compare  # noqa: E402
-from tools.runs import read_run  # noqa: E402
+from tools.runs import UNITS, read_run  # noqa: E402
 from tools.table import build_rows, render  # noqa: E402
 from train import run as trainer  # noqa: E402
 from train.config import ConfigError, ScheduleConfig, load_config  # noqa: E402
@@ -50,8 +50,9 @@ def new_run_args(name: str, out: Path, data: str, overrides: list[str]) -> list[
 
 
 def describe(schedule: ScheduleConfig) -> str:
-    return (f"{schedule.total} {schedule.unit}s, lr x{schedule.gamma} at "
-            f"{list(schedule.milestones) or 'no milestone'}")
+    lr = (f"lr x{schedule.gamma} at {list(schedule.milestones)}" if schedule.milestones
+          else "constant lr")
+    return f"{schedule.total} {UNITS[schedule.unit]}, {lr}"
 
 
 def check_existing(names: list[str], out: Path, data: str, overrides: list[str]) -> None:
