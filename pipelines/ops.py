@@ -119,25 +119,9 @@ def random_scale(generator: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (), generator=generator))
 
 
-def random_crop_box(height: int, width: int, crop: int, generator: torch.Generator):
-    """(top, left) of a uniformly placed crop×crop box."""
-    if height < crop or width < crop:
-        raise ValueError(f"image {height}x{width} is smaller than the {crop}x{crop} crop")
-    top = int(torch.randint(0, height - crop + 1, (), generator=generator))
-    left = int(torch.randint(0, width - crop + 1, (), generator=generator))
-    return top, left
-
-
 def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
     """Shorter side to `size`, aspect kept (torchvision's rule), antialiased bilinear."""
     return TF.resize(image, [size], antialias=True)
-
-
-def scale_and_crop(image: torch.Tensor, scale: int, crop: int, generator: torch.Generator):
-    """The paper's train geometry for one image: shorter side -> scale, random crop×crop."""
-    image = resize_shorter(image, scale)
-    top, left = random_crop_box(image.shape[-2], image.shape[-1], crop, generator)
-    return image[..., top:top + crop, left:left + crop]
 
 
 @contextlib.contextmanager

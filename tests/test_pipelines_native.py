@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fixtures import write_cifar_records
-from pipelines import AugSpec, DataConfig, build_loader, ops
+from pipelines import AugSpec, DataConfig, build_loader, ops, resample
 from pipelines.plan import EpochPlan, shard_indices
 from pipelines.readers import ShardReader, cifar_split_indices, shard_index
 from pipelines.spec import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
@@ -173,8 +173,8 @@ def test_ten_crop_and_resize():
     torch.testing.assert_close(crops[0], resized[:, :224, :224])
     torch.testing.assert_close(crops[3], resized[:, -224:, -224:])
     torch.testing.assert_close(crops[5], resized[:, :224, -224:].flip(-1))
-    with pytest.raises(ValueError, match="smaller than"):
-        ops.random_crop_box(200, 300, 224, ops.make_generator("cpu", 0))
+    with pytest.raises(ValueError, match="smaller than the 224x224 crop"):
+        resample.train_crops([(200, 300)], [200], 224, ops.make_generator("cpu", 0), 0.5)
 
 
 # ----------------------------------------------------------------------------- records
