@@ -57,16 +57,17 @@ def test_a_slowed_step_is_reported_in_the_log_and_the_summary(tmp_path, monkeypa
     real = TrainStep.__call__
 
     def slow_after(self, images, labels):
+        """Steps whose time the sleep dominates (a busy CI machine stays under 20% noise),
+        four times slower from epoch 2 (13 iterations an epoch) on."""
         real(self, images, labels)
-        if self.calls > 32:  # epoch 2 of 13 iterations: well past the baseline
-            time.sleep(0.25)
+        time.sleep(0.2 if self.calls <= 26 else 0.8)
 
     monkeypatch.setattr(TrainStep, "__call__", slow_after)
-    result = main(tiny_args(records, tmp_path, "slow", "schedule.total=4", "run.log_every=1",
+    result = main(tiny_args(records, tmp_path, "slow", "schedule.total=3", "run.log_every=1",
                             "run.ckpt_every=0"))
     speed = result.summary["speed"]
-    assert speed["drift"] is not None and speed["drift"]["ratio"] > 1.2
-    assert speed["drift"]["iteration"] > 32
+    assert speed["drift"] is not None and speed["drift"]["ratio"] > 2
+    assert speed["drift"]["iteration"] > 26
     events = [r["message"] for r in read_metrics(tmp_path / "slow") if r["kind"] == "event"]
     assert len([m for m in events if m.startswith("speed: steady step time rose")]) == 1
     summary = json.loads((tmp_path / "slow" / "summary.json").read_text())

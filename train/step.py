@@ -83,7 +83,8 @@ class TrainStep:
             group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's threads keep decoding on their own streams meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._step(*self._static)
         self._captured = graph
 
