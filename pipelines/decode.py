@@ -39,7 +39,8 @@ class CudaOrder:
     def stream(self) -> torch.cuda.Stream:
         stream = getattr(self._local, "stream", None)
         if stream is None:
-            stream = self._local.stream = torch.cuda.Stream(self.device)
+            # high priority: a batch's few small kernels go ahead of the training step's
+            stream = self._local.stream = torch.cuda.Stream(self.device, priority=-1)
         return stream
 
     def decode(self, data: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -7,6 +7,7 @@ are a pure function of (seed, epoch, rank, batch index) whatever the thread or r
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -150,11 +151,18 @@ def ten_crop(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- colour
+@functools.lru_cache(maxsize=8)
+def pca_basis(eigval: tuple, eigvec: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lighting's eigenvalues and eigenvectors on `device`, made once: a tensor built from
+    Python numbers on CUDA is a pageable copy, which waits for the stream's queued work."""
+    return (torch.tensor(eigval, dtype=torch.float32, device=device),
+            torch.tensor(eigvec, dtype=torch.float32, device=device))
+
+
 def lighting_shift(batch: int, aug: AugSpec, generator: torch.Generator, device) -> torch.Tensor:
     """AlexNet PCA lighting: per-sample RGB shift (B, 3) on the 0-1 scale,
     eigvec @ (alpha * eigval) with alpha ~ N(0, lighting_std)."""
-    eigval = torch.tensor(aug.eigval, dtype=torch.float32, device=device)
-    eigvec = torch.tensor(aug.eigvec, dtype=torch.float32, device=device)
+    eigval, eigvec = pca_basis(tuple(aug.eigval), tuple(map(tuple, aug.eigvec)), str(device))
     alpha = torch.randn(batch, 3, device=device, generator=generator) * aug.lighting_std
     return (alpha * eigval) @ eigvec.T
 

@@ -94,17 +94,18 @@ def resample_crops(images: list[torch.Tensor], crops: Crops) -> torch.Tensor:
     for i, image in enumerate(images):  # uint8: any leftover byte is finite, and weighted 0
         r0, c0, h, w = (int(v[i]) for v in (rows_first, cols_first, rows_span, cols_span))
         stack[i, :, :h, :w] = image[:, r0:r0 + h, c0:c0 + w]
-
-    def weights(in_size, out_size, start, first, span):
-        as_tensor = [torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
-                     for a in (in_size, out_size, start, first)]
-        return axis_weights(*as_tensor, count=size, span=span)
-
-    wy = weights(crops.height, crops.resized_h, crops.top, rows_first, rows)
-    wx = weights(crops.width, crops.resized_w, crops.left, cols_first, cols)
+    # the per-image numbers in one pinned copy: a pageable one would wait for the stream
+    params = np.stack([crops.height, crops.resized_h, crops.top, rows_first, crops.width,
+                       crops.resized_w, crops.left, cols_first,
+                       np.zeros(batch, np.int64) if crops.flip is None else crops.flip])
+    params = torch.from_numpy(params.astype(np.int64))
+    if device.type == "cuda":
+        params = params.pin_memory()
+    params = params.to(device, non_blocking=True)
+    wy = axis_weights(*params[0:4], count=size, span=rows)
+    wx = axis_weights(*params[4:8], count=size, span=cols)
     if crops.flip is not None and crops.flip.any():
-        flip = torch.from_numpy(np.asarray(crops.flip, dtype=bool)).to(device)
-        wx = torch.where(flip[:, None, None], wx.flip(1), wx)
+        wx = torch.where(params[8].bool()[:, None, None], wx.flip(1), wx)
     columns = torch.matmul(stack.float(), wx.transpose(1, 2)[:, None])  # (B, 3, rows, size)
     return torch.matmul(wy[:, None], columns)  # (B, 3, size, size)
 

@@ -3,8 +3,9 @@
 `Meter` owns the interval: host time waiting for batches, the step's device sums read once per
 `log_every` iterations (the one host sync, with the NaN check and, under DDP, the stop vote), and
 the record that goes to metrics.jsonl. `SpeedWatch` watches the steady step time of the whole
-run: when it drifts more than DRIFT from the first steady intervals, or torch.compile compiles
-again after warm-up, the run says so once, with the numbers (and the reason of a recompile).
+run: when it drifts more than DRIFT from the first steady block of iterations and stays there,
+or torch.compile compiles again after warm-up, the run says so once, with the numbers (and the
+reason of a recompile).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import torch
 from train.distributed import DistEnv, all_reduce_sum
 
 DRIFT = 0.2  # steady step time this far from its baseline is reported
-BASELINE = 5  # log intervals after warm-up that make the baseline, and the rolling window
+WINDOW = 500  # iterations (at most an epoch) a step-time block spans
+PERSIST = 2  # consecutive blocks that must drift before it is said
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,16 +60,18 @@ def last_guard_failure() -> str | None:
 
 class SpeedWatch:
     """Steady step time and compilations over a whole run. `warm()` ends the warm-up (the
-    trainer calls it after the first epoch and its evaluation); the next BASELINE log intervals
-    set the baseline; later, a rolling median of BASELINE intervals that differs from it by
-    more than DRIFT is reported once. A compilation after warm-up is reported once too."""
+    trainer calls it after the first epoch and its evaluation). After it, the log intervals are
+    grouped into blocks of at least `window` iterations; the first block's median step time is
+    the baseline, and when PERSIST blocks in a row differ from it by more than DRIFT in the same
+    direction, the run says so once (a transient blip of a shared host is not a drift). A
+    compilation after warm-up is said once too, with dynamo's reason."""
 
-    def __init__(self, say=print):
-        self.say = say
+    def __init__(self, say=print, window: int = WINDOW):
+        self.say, self.window = say, max(int(window), 1)
         self.warmed, self.iteration = False, 0
-        self.steady: list[float] = []
-        self.recent: list[float] = []
+        self.block: list[tuple[int, float]] = []  # (steps, ms/step) of the current block
         self.baseline_ms: float | None = None
+        self.blocks: list[float] = []  # medians of the blocks since the baseline
         self.drift: dict | None = None
         self.compiles = 0
         self.recompiles: list[dict] = []
@@ -96,42 +100,48 @@ class SpeedWatch:
         self.warmed = True
 
     def interval(self, iteration: int, step_ms: float) -> None:
-        """One log interval's wall time per step."""
-        self.iteration = iteration
+        """One log interval: the iteration it ended at and its wall time per step."""
+        steps, self.iteration = max(iteration - self.iteration, 1), iteration
         if not self.warmed or not math.isfinite(step_ms):
             return
+        self.block.append((steps, step_ms))
+        if sum(n for n, _ in self.block) < self.window:
+            return
+        median = statistics.median(ms for _, ms in self.block)
+        self.block = []
         if self.baseline_ms is None:
-            self.steady.append(step_ms)
-            if len(self.steady) == BASELINE:
-                self.baseline_ms = statistics.median(self.steady)
+            self.baseline_ms = median
             return
-        self.recent = (self.recent + [step_ms])[-BASELINE:]
-        if self.drift is not None or len(self.recent) < BASELINE:
+        self.blocks.append(median)
+        recent = [m / self.baseline_ms for m in self.blocks[-PERSIST:]]
+        if self.drift is not None or len(recent) < PERSIST:
             return
-        now = statistics.median(self.recent)
+        if all(r > 1 + DRIFT for r in recent) or all(r < 1 - DRIFT for r in recent):
+            self.report_drift(iteration, median)
+
+    def report_drift(self, iteration: int, now: float) -> None:
         ratio = now / self.baseline_ms
-        if abs(ratio - 1) > DRIFT:
-            self.drift = {"iteration": iteration, "baseline_ms": self.baseline_ms,
-                          "now_ms": now, "ratio": ratio}
-            cause = (f"; torch.compile compiled again {len(self.recompiles)} time(s) after "
-                     "warm-up" if self.recompiles else "; no recompile since warm-up")
-            self.say(f"speed: steady step time {'rose' if ratio > 1 else 'fell'} "
-                     f"{100 * abs(ratio - 1):.0f}% at iteration {iteration}: "
-                     f"{self.baseline_ms:.2f} -> {now:.2f} ms/step{cause}")
+        self.drift = {"iteration": iteration, "baseline_ms": self.baseline_ms, "now_ms": now,
+                      "ratio": ratio}
+        cause = (f"; torch.compile compiled again {len(self.recompiles)} time(s) after "
+                 "warm-up" if self.recompiles else "; no recompile since warm-up")
+        self.say(f"speed: steady step time {'rose' if ratio > 1 else 'fell'} "
+                 f"{100 * abs(ratio - 1):.0f}% by iteration {iteration}: "
+                 f"{self.baseline_ms:.2f} -> {now:.2f} ms/step{cause}")
 
     def summary(self) -> dict:
         return {"baseline_step_ms": self.baseline_ms,
-                "last_step_ms": statistics.median(self.recent) if self.recent else None,
+                "last_step_ms": self.blocks[-1] if self.blocks else None,
                 "drift": self.drift, "compiles": self.compiles,
                 "recompiles_after_warmup": self.recompiles}
 
     def state_dict(self) -> dict:
-        return {"baseline_ms": self.baseline_ms, "steady": self.steady, "drift": self.drift}
+        return {"baseline_ms": self.baseline_ms, "blocks": self.blocks, "drift": self.drift}
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run keeps its baseline (a resume is warm-up again for compilations)."""
-        self.baseline_ms, self.steady = state["baseline_ms"], list(state["steady"])
-        self.drift = state["drift"]
+        self.baseline_ms, self.drift = state["baseline_ms"], state["drift"]
+        self.blocks = list(state.get("blocks", []))
 
 
 class Meter:

@@ -44,7 +44,7 @@ from train.loop import (
     evaluate,
     train_one_epoch,
 )
-from train.meter import Meter, SpeedWatch
+from train.meter import WINDOW, Meter, SpeedWatch
 from train.metrics import MetricsLog, plot_curves, read_metrics, write_json, write_text
 from train.schedule import EarlyStopper, LRSchedule, build_optimizer, total_iterations
 from train.setup import model_for, precision
@@ -168,7 +168,7 @@ class Trainer:
             self.step = TrainStep(self.model, self.optimizer, self.precision, self.env.device,
                                   graph=self.plan.graph, mark_step=self.plan.mark_step)
             self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
-            self.watch = SpeedWatch(say=self.say)
+            self.watch = SpeedWatch(say=self.say, window=min(WINDOW, len(self.train_loader)))
             self.best, self.time_to_target, self.saved_iter = None, None, None
             if resumed is not None:
                 self.restore(resumed)
