@@ -2,9 +2,10 @@
 
 CIFAR: the whole uint8 split lives on the device; one epoch is a permutation, and each batch is one
 gather (random crop of the zero-padded store with the flip folded in) plus one fused normalize.
-ImageNet: webdataset shards read with pread by a small thread pool that runs ahead; JPEGs are
-decoded by torchvision (in batches on the GPU when the device is CUDA), resized per image (sizes
-differ), then flip, PCA lighting and normalisation run on the whole batch.
+ImageNet: a small thread pool runs whole batches ahead: webdataset shards read with pread, JPEGs
+decoded by torchvision (nvJPEG batches on CUDA, on each thread's own stream: pipelines/decode.py
+says why), crops resampled (one batched resample on CUDA: pipelines/resample.py), then PCA
+lighting and normalisation on the whole batch.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from functools import partial
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from pipelines import ops
+from pipelines import decode, ops, resample
 from pipelines.plan import EpochPlan
 from pipelines.readers import ShardReader, cifar_split, shard_index
 from pipelines.spec import DataConfig
@@ -105,6 +105,13 @@ class CifarLoader(_Loader):
         return self.normalize(images), self.labels[samples]
 
 
+def batched_geometry(device: torch.device) -> bool:
+    """Train and center crops as one batched resample (pipelines/resample.py) on CUDA, where a
+    resize per image costs kernel launches per image; per image on the CPU, where torchvision's
+    uint8 resize is faster. Both are resize-then-crop with the same draws (tests run both)."""
+    return device.type == "cuda"
+
+
 class ImageNetLoader(_Loader):
     def __init__(self, cfg: DataConfig, split: str, device, rank: int, world_size: int,
                  seed: int, eval_mode: str, scale: int | None):
@@ -119,44 +126,54 @@ class ImageNetLoader(_Loader):
                               shuffle=self.train, drop_last=self.train)
         self.normalize = ops.Normalize(cfg, self.device)
         self.workers = max(cfg.num_workers, 0)
+        self.batched = batched_geometry(self.device)
+        self.order = decode.ordering(self.device)  # CUDA: a stream per loader thread
 
-    # The CPU part of a batch (threads): bytes, and on a CPU device the whole batch.
-    def _read(self, epoch: int, number: int, positions: np.ndarray):
+    def _batch(self, epoch: int, number: int, positions: np.ndarray):
+        """One whole batch, in a loader thread: read, decode, augment, normalize; on CUDA on
+        the thread's own stream, with an event that says when it is ready."""
         blobs, labels = zip(*(self.reader.read(int(i)) for i in positions))
         data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
         labels = torch.tensor(labels, dtype=torch.int64)
-        if self.device.type == "cpu":
-            return self._augment(epoch, number, data, labels)
-        return epoch, number, data, labels.pin_memory() if torch.cuda.is_available() else labels
+        images = self.order.decode(data)
+        with self.order.context():
+            batch, labels = self._augment(epoch, number, images, labels)
+            return batch, labels, self.order.done()
 
-    def _augment(self, epoch: int, number: int, data: list[torch.Tensor], labels: torch.Tensor):
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+    def _augment(self, epoch: int, number: int, images: list[torch.Tensor],
+                 labels: torch.Tensor):
         cpu_gen, dev_gen = ops.batch_generators(self.device, self.seed, epoch, self.rank, number)
         aug, shift = self.aug, None
+        sizes = [tuple(image.shape[-2:]) for image in images]
         if self.train:
-            batch = torch.stack([
-                ops.scale_and_crop(image, ops.random_scale(cpu_gen, aug.scale_min,
-                                                           aug.scale_max), aug.crop, cpu_gen)
-                for image in images])
-            batch = ops.random_flip(batch, aug.flip_p, dev_gen)
+            scales = [ops.random_scale(cpu_gen, aug.scale_min, aug.scale_max) for _ in images]
+            crops = resample.train_crops(sizes, scales, aug.crop, cpu_gen, aug.flip_p)
+            batch = (resample.resample_crops(images, crops) if self.batched
+                     else torch.stack([_cut(image, scale, crops, i)
+                                       for i, (image, scale) in enumerate(zip(images, scales))]))
             if aug.lighting_std > 0:
                 shift = ops.lighting_shift(len(batch), aug, dev_gen, self.device)
         elif self.eval_mode == "center":
-            batch = torch.stack([ops.center_crop(im, aug.eval_resize, aug.crop) for im in images])
+            batch = (resample.resample_crops(images, resample.center_crops(
+                sizes, aug.eval_resize, aug.crop)) if self.batched
+                else torch.stack([ops.center_crop(im, aug.eval_resize, aug.crop) for im in images]))
         elif self.eval_mode == "tencrop":
             batch = torch.stack([ops.ten_crop(im, aug.eval_resize, aug.crop) for im in images])
         else:  # multiscale, one image per batch
             batch = ops.resize_shorter(images[0], self.scale)[None]
+        labels = labels.pin_memory() if self.device.type == "cuda" else labels
         return self.normalize(batch, shift), labels.to(self.device, non_blocking=True)
 
     def __iter__(self):
         epoch = self.plan.epoch
-        calls = (partial(self._read, epoch, number, positions)
+        calls = (partial(self._batch, epoch, number, positions)
                  for number, positions in self.plan.batches())
-        for item in run_ahead(calls, self.workers):
-            yield self._finish(item)
+        for batch, labels, done in run_ahead(calls, self.workers):
+            yield self.order.hand_over((batch, labels), done)
 
-    def _finish(self, item):
-        if self.device.type == "cpu":
-            return item
-        return self._augment(*item)
+
+def _cut(image: torch.Tensor, scale: int, crops: resample.Crops, i: int) -> torch.Tensor:
+    """Crop i of a batch, per image: resize the whole image, then cut (and mirror)."""
+    top, left, size = int(crops.top[i]), int(crops.left[i]), crops.size
+    crop = ops.resize_shorter(image, scale)[..., top:top + size, left:left + size]
+    return crop.flip(-1) if crops.flip[i] else crop

@@ -7,6 +7,7 @@ are a pure function of (seed, epoch, rank, batch index) whatever the thread or r
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -119,25 +120,9 @@ def random_scale(generator: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (), generator=generator))
 
 
-def random_crop_box(height: int, width: int, crop: int, generator: torch.Generator):
-    """(top, left) of a uniformly placed crop×crop box."""
-    if height < crop or width < crop:
-        raise ValueError(f"image {height}x{width} is smaller than the {crop}x{crop} crop")
-    top = int(torch.randint(0, height - crop + 1, (), generator=generator))
-    left = int(torch.randint(0, width - crop + 1, (), generator=generator))
-    return top, left
-
-
 def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
     """Shorter side to `size`, aspect kept (torchvision's rule), antialiased bilinear."""
     return TF.resize(image, [size], antialias=True)
-
-
-def scale_and_crop(image: torch.Tensor, scale: int, crop: int, generator: torch.Generator):
-    """The paper's train geometry for one image: shorter side -> scale, random crop×crop."""
-    image = resize_shorter(image, scale)
-    top, left = random_crop_box(image.shape[-2], image.shape[-1], crop, generator)
-    return image[..., top:top + crop, left:left + crop]
 
 
 @contextlib.contextmanager
@@ -166,11 +151,18 @@ def ten_crop(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- colour
+@functools.lru_cache(maxsize=8)
+def pca_basis(eigval: tuple, eigvec: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lighting's eigenvalues and eigenvectors on `device`, made once: a tensor built from
+    Python numbers on CUDA is a pageable copy, which waits for the stream's queued work."""
+    return (torch.tensor(eigval, dtype=torch.float32, device=device),
+            torch.tensor(eigvec, dtype=torch.float32, device=device))
+
+
 def lighting_shift(batch: int, aug: AugSpec, generator: torch.Generator, device) -> torch.Tensor:
     """AlexNet PCA lighting: per-sample RGB shift (B, 3) on the 0-1 scale,
     eigvec @ (alpha * eigval) with alpha ~ N(0, lighting_std)."""
-    eigval = torch.tensor(aug.eigval, dtype=torch.float32, device=device)
-    eigvec = torch.tensor(aug.eigvec, dtype=torch.float32, device=device)
+    eigval, eigvec = pca_basis(tuple(aug.eigval), tuple(map(tuple, aug.eigvec)), str(device))
     alpha = torch.randn(batch, 3, device=device, generator=generator) * aug.lighting_std
     return (alpha * eigval) @ eigvec.T
 

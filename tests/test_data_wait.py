@@ -13,11 +13,13 @@ from models import build_model
 from pipelines import DataConfig, build_loader
 from train.config import load_config
 from train.distributed import DistEnv
-from train.loop import LoopSettings, TrainState, data_verdict, train_one_epoch
+from train.loop import LoopSettings, RunHooks, TrainState, data_verdict, train_one_epoch
+from train.meter import Meter
 from train.metrics import read_metrics
 from train.run import main
 from train.schedule import LRSchedule
 from train.setup import Precision
+from train.step import TrainStep
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +52,11 @@ def run_epoch(loader, model, iters: int = 6) -> tuple[TrainState, list[dict]]:
     schedule = LRSchedule(load_config(None, ["schedule.unit=iter", "schedule.total=100"])
                           .schedule, 0.01, len(loader))
     state, logs = TrainState(), []
-    train_one_epoch(model, loader, opt, schedule, torch.amp.GradScaler("cuda", enabled=False),
-                    Precision(None, torch.contiguous_format, "cpu"), state,
+    env = DistEnv(0, 0, 1, torch.device("cpu"))
+    step = TrainStep(model, opt, Precision(None, torch.contiguous_format, "cpu"), env.device)
+    train_one_epoch(step, loader, schedule, state,
                     LoopSettings(total_iters=iters, log_every=3, ckpt_every=0, progress=False),
-                    DistEnv(0, 0, 1, torch.device("cpu")), logs.append, lambda: None,
-                    lambda: False)
+                    Meter(env), RunHooks(on_log=logs.append))
     return state, logs
 
 

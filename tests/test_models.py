@@ -172,17 +172,17 @@ def test_odd_input_size_and_channels_last_bf16_autocast_cpu():
     assert torch.isfinite(out.float()).all()
 
 
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("name,shortcut", [
     ("resnet32", "A"), ("cifar_resnet18", "A-avg"), ("resnet50", "B"), ("resnet18", "A"),
 ])
-def test_forward_backward_cuda_channels_last_bf16(name, shortcut):
+def test_forward_backward_channels_last_bf16(name, shortcut, device):
     size = 224 if name in IMAGENET else 32
-    model = build_model(name, 10, shortcut=shortcut).cuda().to(memory_format=torch.channels_last)
-    x = torch.randn(8, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    model = build_model(name, 10, shortcut=shortcut).to(device, memory_format=torch.channels_last)
+    x = torch.randn(8, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    with torch.autocast(device, dtype=torch.bfloat16):
         out = model(x)
-        loss = nn.functional.cross_entropy(out, torch.randint(0, 10, (8,), device="cuda"))
+        loss = nn.functional.cross_entropy(out, torch.randint(0, 10, (8,), device=device))
     loss.backward()
     assert out.shape == (8, 10) and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())

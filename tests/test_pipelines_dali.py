@@ -176,8 +176,9 @@ def test_multiscale_sizes_follow_torchvision(pattern_records):
 
 
 # ----------------------------------------------------------------------------- CUDA
-@pytest.mark.cuda
-def test_gpu_route_matches_cpu(cifar10_records, pattern_records):
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_gpu_route_matches_cpu(cifar10_records, pattern_records, device):
     """decoders.image(device='mixed') and GPU operators: same labels, pixels within decoder and
     resampling differences of the CPU route."""
     for root, dataset, split in ((cifar10_records, "cifar10", "test"),
@@ -185,14 +186,14 @@ def test_gpu_route_matches_cpu(cifar10_records, pattern_records):
         cfg = DataConfig(dataset=dataset, root=str(root), backend="dali", eval_batch_size=4,
                          num_workers=2)
         on_cpu = list(build_loader(cfg, split, "cpu"))[:3]
-        on_gpu = list(build_loader(cfg, split, "cuda"))[:3]
+        on_gpu = list(build_loader(cfg, split, device))[:3]
         for (xc, yc), (xg, yg) in zip(on_cpu, on_gpu):
-            assert xg.device.type == "cuda" and yg.device.type == "cuda"
+            assert xg.device.type == device and yg.device.type == device
             assert xg.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(yc, yg.cpu())
             diff = (xg.cpu() - xc).abs() * 0.229 * 255  # about levels of 0-255
             assert float(diff.mean()) < 2.5
     cfg = imagenet_cfg(pattern_records, batch_size=8)
-    images, labels = next(iter(build_loader(cfg, "train", "cuda")))
-    assert images.device.type == "cuda" and images.shape == (8, 3, 224, 224)
-    assert labels.dtype == torch.int64 and labels.device.type == "cuda"
+    images, labels = next(iter(build_loader(cfg, "train", device)))
+    assert images.device.type == device and images.shape == (8, 3, 224, 224)
+    assert labels.dtype == torch.int64 and labels.device.type == device

@@ -126,22 +126,23 @@ def test_missing_beton_names_the_file(tmp_path, cifar10_records):
 
 
 # ----------------------------------------------------------------------------- CUDA
-@pytest.mark.cuda
-def test_cuda_route_matches_cpu(cifar10_records, pattern_records):
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_cuda_route_matches_cpu(cifar10_records, pattern_records, device):
     """ToDevice('cuda'): batches arrive on the GPU with the CPU route's labels and pixels."""
     for root, dataset, split in ((cifar10_records, "cifar10", "test"),
                                  (pattern_records, "imagenet", "val")):
         cfg = DataConfig(dataset=dataset, root=str(root), backend="ffcv", eval_batch_size=4,
                          num_workers=2)
         on_cpu = list(build_loader(cfg, split, "cpu"))[:3]
-        on_gpu = list(build_loader(cfg, split, "cuda"))[:3]
+        on_gpu = list(build_loader(cfg, split, device))[:3]
         for (xc, yc), (xg, yg) in zip(on_cpu, on_gpu):
-            assert xg.device.type == "cuda" and yg.device.type == "cuda"
+            assert xg.device.type == device and yg.device.type == device
             assert xg.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(yc, yg.cpu())
             torch.testing.assert_close(xg.cpu(), xc, atol=0.05, rtol=0)  # GPU resize rounding
     cfg = DataConfig(dataset="imagenet", root=str(pattern_records), backend="ffcv",
                      batch_size=8, num_workers=2)
-    images, labels = next(iter(build_loader(cfg, "train", "cuda")))
-    assert images.device.type == "cuda" and images.shape == (8, 3, 224, 224)
-    assert labels.dtype == torch.int64 and labels.device.type == "cuda"
+    images, labels = next(iter(build_loader(cfg, "train", device)))
+    assert images.device.type == device and images.shape == (8, 3, 224, 224)
+    assert labels.dtype == torch.int64 and labels.device.type == device

@@ -245,7 +245,9 @@ def test_plateau_schedule_follows_val_error(colour_cifar, tmp_path):
 def test_loop_has_no_backend_knowledge(colour_cifar):
     """train_one_epoch/evaluate accept any object with the loader contract."""
     from train.distributed import DistEnv
-    from train.loop import LoopSettings
+    from train.loop import LoopSettings, RunHooks
+    from train.meter import Meter
+    from train.step import TrainStep
 
     class ListLoader:
         def __init__(self, batches):
@@ -267,14 +269,14 @@ def test_loop_has_no_backend_knowledge(colour_cifar):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     schedule = LRSchedule(load_config(None, ["schedule.unit=iter", "schedule.total=100",
                                              "schedule.milestones=[1]"]).schedule, 0.01, 3)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
     precision = Precision(None, torch.contiguous_format, "cpu")
     env = DistEnv(0, 0, 1, torch.device("cpu"))
     state = TrainState(batch=1)
     settings = LoopSettings(total_iters=100, log_every=10, ckpt_every=0, progress=False)
     logs = []
-    result = train_one_epoch(model, ListLoader(batches), opt, schedule, scaler, precision,
-                             state, settings, env, logs.append, lambda: None, lambda: False)
+    step = TrainStep(model, opt, precision, env.device)
+    result = train_one_epoch(step, ListLoader(batches), schedule, state, settings, Meter(env),
+                             RunHooks(on_log=logs.append))
     assert state.iteration == 2 and state.batch == 3 and state.images == 16
     # iteration 0 ran at lr 0.01, iteration 1 (past the milestone) at 0.001
     assert len(logs) == 1 and logs[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.001)

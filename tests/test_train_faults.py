@@ -8,6 +8,7 @@ epoch of 13 iterations, stopped at iteration 10 as Ctrl-C would: last.pt at 10, 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import inspect
 import os
@@ -48,8 +49,9 @@ def stop_at(monkeypatch, iteration: int) -> None:
 
     def train_one_epoch(*args, **kwargs):
         bound = inspect.signature(real).bind(*args, **kwargs)
-        state, asked = bound.arguments["state"], bound.arguments["stop_requested"]
-        bound.arguments["stop_requested"] = lambda: state.iteration >= iteration or asked()
+        state, hooks = bound.arguments["state"], bound.arguments["hooks"]
+        bound.arguments["hooks"] = dataclasses.replace(
+            hooks, stop_requested=lambda: state.iteration >= iteration or hooks.stop_requested())
         return real(*bound.args, **bound.kwargs)
 
     monkeypatch.setattr(train.run, "train_one_epoch", train_one_epoch)

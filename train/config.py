@@ -19,7 +19,7 @@ import yaml
 
 from pipelines.spec import DataConfig
 
-COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+COMPILE_MODES = ("auto", "default", "max-autotune", "reduce-overhead")
 
 
 class ConfigError(ValueError):
@@ -116,7 +116,11 @@ class RunConfig:
     seed: int = 0
     threads: int = 0  # torch.set_num_threads on CPU; 0 = torch's default
     amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | none (CPU always runs fp32)
-    compile: bool | str = False  # false | default | max-autotune | reduce-overhead
+    # torch.compile mode: auto (the fastest measured for the device: train/step.py) | false |
+    # default | max-autotune | reduce-overhead
+    compile: bool | str = "auto"
+    # the whole training step as one CUDA graph: auto (on one CUDA process) | true | false
+    cuda_graph: bool | str = "auto"
     log_every: int = 50  # iterations between host syncs (metrics, progress bar, NaN check)
     eval_every: int = 1  # epochs between val evaluations
     ckpt_every: int = 0  # iterations between mid-epoch checkpoints; 0 = only at epoch ends
@@ -136,6 +140,8 @@ class RunConfig:
         if self.compile is not False and self.compile not in COMPILE_MODES:
             raise ValueError(f"run.compile={self.compile!r}: expected false or one of "
                              f"{', '.join(COMPILE_MODES)}")
+        if self.cuda_graph not in (True, False, "auto"):
+            raise ValueError(f"run.cuda_graph={self.cuda_graph!r}: expected auto, true or false")
         for key in ("log_every", "eval_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"run.{key}={getattr(self, key)}: must be >= 1")

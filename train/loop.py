@@ -1,8 +1,9 @@
 """`train_one_epoch` and `evaluate`: backend-neutral, and free of host syncs between log steps.
 
 The loaders hand over normalized batches already on the device, so the loop never knows which
-backend feeds it. Loss and correct counts accumulate as detached device tensors; they are read
-(`.item()`, a host sync) only every `log_every` iterations, at checkpoints and at epoch ends.
+backend feeds it. The step (train/step.py) runs the model; the meter (train/meter.py) owns the
+log interval: loss and correct counts stay on the device and are read only every `log_every`
+iterations, at checkpoints and at epoch ends.
 
 Every log record says where the time went: images/s, the fraction of host time spent waiting
 for the next batch (`data_wait`: host clock around `next()`, no sync), the wall time per step
@@ -10,22 +11,21 @@ and, on CUDA, the GPU time of the last step (CUDA events, read at the log step's
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from train.distributed import DistEnv, all_reduce_sum
-from train.schedule import LRSchedule, set_lr
+from train.meter import Meter, NonFiniteLoss
+from train.schedule import LRSchedule
 from train.setup import Precision
+from train.step import TrainStep
 
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+__all__ = ["NonFiniteLoss", "TrainState", "LoopSettings", "RunHooks", "train_one_epoch",
+           "evaluate", "predict", "device_sync", "data_verdict", "DATA_BOUND"]
 
 
 @dataclass
@@ -49,6 +49,13 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, type(getattr(self, key))(value))
 
+    def next_epoch_if_done(self, batches_per_epoch: int) -> bool:
+        """After a pass: move to the next epoch's first batch if this one is complete."""
+        if self.batch < batches_per_epoch:
+            return False
+        self.epoch, self.batch = self.epoch + 1, 0
+        return True
+
 
 @dataclass
 class LoopSettings:
@@ -56,29 +63,21 @@ class LoopSettings:
     log_every: int
     ckpt_every: int  # 0 = none mid-epoch
     progress: bool  # show a tqdm bar
-    mark_step: bool = False  # torch.compile's CUDA graphs (reduce-overhead): mark each step
+
+
+@dataclass
+class RunHooks:
+    """What the loop tells the run: a log record, a checkpoint is due, a stop was asked for."""
+
+    on_log: Callable[[dict], None] = lambda record: None
+    on_checkpoint: Callable[[], None] = lambda: None
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 def device_sync(device: torch.device) -> None:
     """Wait for queued GPU work (epoch edges only, for honest timings)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class StepTimer:
-    """GPU time of a step from CUDA events (no sync: read after the log step's host sync)."""
-
-    def __init__(self, device: torch.device):
-        cuda = device.type == "cuda"
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if cuda else None
-
-    def mark(self, which: int) -> None:
-        if self.events is not None:
-            self.events[which].record()
-
-    def last_ms(self) -> float | None:
-        """The last marked step's GPU milliseconds; call after a host sync."""
-        return None if self.events is None else self.events[0].elapsed_time(self.events[1])
 
 
 DATA_BOUND = 0.1  # a run waiting on its loader for more than this fraction of the time says so
@@ -93,101 +92,68 @@ def data_verdict(wait_fraction: float) -> str:
     return f"not data-bound: {percent} of the time waiting on the loader"
 
 
-def train_one_epoch(model, loader, optimizer, schedule: LRSchedule, scaler, precision: Precision,
-                    state: TrainState, settings: LoopSettings, env: DistEnv,
-                    on_log: Callable[[dict], None], on_checkpoint: Callable[[], None],
-                    stop_requested: Callable[[], bool]) -> dict:
+def train_one_epoch(step: TrainStep, loader, schedule: LRSchedule, state: TrainState,
+                    settings: LoopSettings, meter: Meter, hooks: RunHooks | None = None) -> dict:
     """Train from (state.epoch, state.batch) to the end of the epoch, or until total_iters or
     a requested stop (after the current step; under DDP at the next log step, agreed across
-    ranks). The lr of every step is schedule.lr(iteration). Returns the epoch's train
-    loss/error (over all its iterations, those before a resume included), and `stopped`."""
-    model.train()
-    device = env.device
-    device_sync(device)
-    start = last_log = time.perf_counter()
+    ranks). Returns the epoch's train loss/error (over all its iterations, those before a
+    resume included), and `stopped`."""
+    hooks, env = hooks or RunHooks(), meter.env
+    step.model.train()
+    device_sync(env.device)
+    start = time.perf_counter()
+    meter.start(state.images, state.iteration)
     loader.set_epoch(state.epoch, start=state.batch)
     batches = iter(loader)
-    # [loss sum, correct, count, stop votes]: device accumulators, read at log steps only
-    sums = torch.zeros(4, device=device)
     if state.batch == 0:
         state.epoch_sums = [0.0, 0.0, 0.0]
     epoch_sums = torch.tensor(state.epoch_sums, dtype=torch.float64)
     bar = tqdm(total=len(loader), initial=state.batch, disable=not settings.progress,
                desc=f"epoch {state.epoch}", leave=False, dynamic_ncols=True)
-    last_images, last_iter, stopped = state.images, state.iteration, False
-    timer, wait, waited = StepTimer(device), 0.0, 0.0  # wait: this log interval; waited: here
+    stopped = False
     while True:
         asked = time.perf_counter()
         batch = next(batches, None)
-        wait += time.perf_counter() - asked
+        meter.waited(time.perf_counter() - asked)
         if batch is None:
             break
         images, labels = batch
-        timer.mark(0)
-        if settings.mark_step:
-            torch.compiler.cudagraph_mark_step_begin()
         lr = schedule.lr(state.iteration)
-        set_lr(optimizer, lr)
-        with precision.autocast():
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        timer.mark(1)
-        n = labels.shape[0]
-        sums[0] += loss.detach().float() * n
-        sums[1] += (logits.detach().argmax(1) == labels).sum()
-        sums[2] += n
+        step.set_lr(lr)
+        meter.timer.mark(0)
+        step(images, labels)
+        meter.timer.mark(1)
         state.batch += 1
         state.iteration += 1
-        state.images += n * env.world_size
+        state.images += labels.shape[0] * env.world_size
         bar.update()
 
         at_ckpt = settings.ckpt_every and state.iteration % settings.ckpt_every == 0
         done = state.iteration >= settings.total_iters or state.batch >= len(loader)
         # a stop request is acted on at once in one process; under DDP the ranks must agree,
         # so they vote at the next log step
-        stop_now = not env.distributed and stop_requested()
+        stop_now = not env.distributed and hooks.stop_requested()
         if state.iteration % settings.log_every == 0 or at_ckpt or done or stop_now:
-            sums[3] = float(stop_requested())
-            all_reduce_sum(sums, env)
-            loss_sum, correct, count, votes = sums.tolist()  # the host sync
-            sums.zero_()
-            if not math.isfinite(loss_sum):
-                raise NonFiniteLoss(f"training loss is {loss_sum / count} at iteration "
-                                    f"{state.iteration} (epoch {state.epoch})")
-            epoch_sums += torch.tensor([loss_sum, correct, count], dtype=torch.float64)
+            record, stopped = meter.read(step.take_sums(), hooks.stop_requested(), state, lr,
+                                         epoch_sums)
             state.epoch_sums = epoch_sums.tolist()
-            now = time.perf_counter()
-            interval = max(now - last_log, 1e-9)
-            record = {"loss": loss_sum / count, "error": 100.0 * (1 - correct / count),
-                      "lr": lr, "img_per_s": (state.images - last_images) / interval,
-                      "data_wait": min(wait / interval, 1.0),
-                      "step_ms": 1000 * interval / max(state.iteration - last_iter, 1)}
-            gpu_ms = timer.last_ms()
-            if gpu_ms is not None:
-                record["gpu_step_ms"] = gpu_ms
-            last_log, last_images, last_iter = now, state.images, state.iteration
-            waited, wait = waited + wait, 0.0
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
                             img_s=f"{record['img_per_s']:.0f}",
                             wait=f"{100 * record['data_wait']:.0f}%",
                             step=f"{record['step_ms']:.0f}ms")
-            on_log(record)
-            stopped = votes > 0
+            hooks.on_log(record)
             if at_ckpt or stopped:
                 state.train_time += time.perf_counter() - start
-                state.data_wait += waited
-                start, waited = time.perf_counter(), 0.0
-                on_checkpoint()
+                start = time.perf_counter()
+                hooks.on_checkpoint()
+                meter.start(state.images, state.iteration)
             if stopped or state.iteration >= settings.total_iters:
                 break
     bar.close()
-    device_sync(device)
+    device_sync(env.device)
     state.train_time += time.perf_counter() - start
-    state.data_wait += waited + wait
+    state.data_wait += meter.wait
+    meter.wait = 0.0
     loss_sum, correct, count = epoch_sums.tolist()
     return {"loss": loss_sum / max(count, 1), "error": 100.0 * (1 - correct / max(count, 1)),
             "stopped": stopped}

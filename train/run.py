@@ -39,15 +39,18 @@ from train.loop import (
     DATA_BOUND,
     LoopSettings,
     NonFiniteLoss,
+    RunHooks,
     TrainState,
     data_verdict,
     device_sync,
     evaluate,
     train_one_epoch,
 )
+from train.meter import WINDOW, Meter, SpeedWatch
 from train.metrics import MetricsLog, plot_curves, read_metrics, write_json, write_text
-from train.schedule import EarlyStopper, LRSchedule, build_optimizer
+from train.schedule import EarlyStopper, LRSchedule, build_optimizer, total_iterations
 from train.setup import model_for, precision
+from train.step import StepPlan, TrainStep, plan_step
 
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "finished": 0, "nonfinite": 1,
               "interrupted": 130}
@@ -199,10 +202,15 @@ class Trainer:
         try:
             resumed = self.load_resumed(checkpoint) if resume else None
             self.precision = self.configure_device()
+            self.plan = self.plan_step()
             self.train_loader, self.val_loader = self.create_loaders()
+            self.total_iters = total_iterations(cfg.schedule, len(self.train_loader))
             self.raw_model, self.model, self.eval_model = self.create_model()
-            self.optimizer, self.schedule, self.scaler = self.create_optimizer()
+            self.optimizer, self.schedule = self.create_optimizer()
+            self.step = TrainStep(self.model, self.optimizer, self.precision, self.env.device,
+                                  graph=self.plan.graph, mark_step=self.plan.mark_step)
             self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
+            self.watch = SpeedWatch(say=self.say, window=min(WINDOW, len(self.train_loader)))
             self.best, self.time_to_target, self.saved_iter = None, None, None
             if resumed is not None:
                 self.restore(resumed)
@@ -254,6 +262,14 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         return precision(self.cfg, self.env.device)
 
+    def plan_step(self) -> StepPlan:
+        run = self.cfg.run
+        try:
+            return plan_step(run.compile, run.cuda_graph, self.env.device, self.env.world_size,
+                             self.precision.amp_dtype)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
     def loader(self, split: str):
         """Each rank reads its own share; augmentation is seeded by (seed, epoch, rank)."""
         return build_loader(self.cfg.data, split, self.env.device, self.env.rank,
@@ -264,28 +280,29 @@ class Trainer:
         return self.loader("train"), (self.loader(select) if select else None)
 
     def create_model(self):
-        """(raw model, the one trained: compiled and DDP-wrapped, the one evaluated)."""
+        """(raw model, the one trained: compiled and DDP-wrapped, the one evaluated: eager
+        beside a CUDA-graph step, whose capture owns the compiled model's buffers)."""
         seed_everything(self.cfg.run.seed)
         raw = model_for(self.cfg, self.env.device)
-        model = torch.compile(raw, mode=self.cfg.run.compile) if self.cfg.run.compile else raw
+        model = torch.compile(raw, mode=self.plan.compile) if self.plan.compile else raw
         if self.env.distributed:
             cuda = self.env.device.type == "cuda"
             model = DDP(model, device_ids=[self.env.local_rank] if cuda else None)
+        if self.plan.graph:
+            return raw, model, raw
         return raw, model, model.module if self.env.distributed else model  # eval: no DDP sync
 
     def create_optimizer(self):
-        sched = self.cfg.schedule
-        iters_per_epoch = len(self.train_loader)
-        self.total_iters = sched.total if sched.unit == "iter" else sched.total * iters_per_epoch
-        return (build_optimizer(self.raw_model, self.cfg.optim),
-                LRSchedule(sched, self.cfg.optim.lr, iters_per_epoch),
-                self.precision.grad_scaler())
+        return (build_optimizer(self.raw_model, self.cfg.optim, self.env.device),
+                LRSchedule(self.cfg.schedule, self.cfg.optim.lr, len(self.train_loader)))
 
     def restore(self, resumed: dict) -> None:
         ckpt.load_model_state(self.raw_model, resumed["model"])
         self.optimizer.load_state_dict(resumed["optimizer"])
         self.schedule.load_state_dict(resumed["schedule"])
-        self.scaler.load_state_dict(resumed["scaler"])
+        self.step.scaler.load_state_dict(resumed["scaler"])
+        if "speed" in resumed:
+            self.watch.load_state_dict(resumed["speed"])
         self.state.load_state_dict(resumed["state"])
         self.stopper.load_state_dict(resumed["stopper"])
         progress = resumed["progress"]
@@ -302,7 +319,8 @@ class Trainer:
         where = f"resumed at iteration {state.iteration}" if resumed else "new run"
         tqdm.write(f"{self.run_dir} ({where}): {cfg.model.name} on {cfg.data.dataset} "
                    f"[{cfg.data.backend}], {self.env.device} x{self.env.world_size}, "
-                   f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations")
+                   f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations; "
+                   f"{self.plan.why}")
         return MetricsLog(self.run_dir, resume_iter=state.iteration if resumed else None)
 
     # ---- the loop
@@ -310,29 +328,33 @@ class Trainer:
         if self.log is not None:
             self.log.log(kind, self.state.iteration, epoch=self.state.epoch, **values)
 
+    def say(self, message: str) -> None:
+        """A one-time notice of the run (speed drift, recompiles): console and metrics."""
+        if self.env.is_main:
+            tqdm.write(message)
+            self.record("event", message=message)
+
     def fit(self) -> Result:
         cfg, state = self.cfg, self.state
         settings = LoopSettings(
             total_iters=self.total_iters, log_every=cfg.run.log_every,
-            ckpt_every=cfg.run.ckpt_every, mark_step=cfg.run.compile == "reduce-overhead",
+            ckpt_every=cfg.run.ckpt_every,
             progress=self.env.is_main and cfg.run.progress and sys.stderr.isatty())
+        meter = Meter(self.env, self.watch)
         status, val = "completed", None
         try:
             with StopFlag() as stop:
                 while state.iteration < self.total_iters:
                     epoch = state.epoch
                     result = train_one_epoch(
-                        self.model, self.train_loader, self.optimizer, self.schedule,
-                        self.scaler, self.precision, state, settings, self.env,
-                        on_log=lambda values: self.record("train", **values),
-                        on_checkpoint=self.save_checkpoint,
-                        stop_requested=lambda: stop.requested)
+                        self.step, self.train_loader, self.schedule, state, settings, meter,
+                        RunHooks(on_log=lambda values: self.record("train", **values),
+                                 on_checkpoint=self.save_checkpoint,
+                                 stop_requested=lambda: stop.requested))
                     if result["stopped"]:
                         status = "interrupted"
                         break
-                    epoch_done = state.batch >= len(self.train_loader)
-                    if epoch_done:
-                        state.epoch, state.batch = state.epoch + 1, 0
+                    epoch_done = state.next_epoch_if_done(len(self.train_loader))
                     finished = state.iteration >= self.total_iters
                     improved, evaluated = False, None
                     if self.val_loader is not None and (
@@ -345,9 +367,11 @@ class Trainer:
                     self.save_checkpoint(best=improved)
                     if self.env.is_main:
                         tqdm.write(self.epoch_line(epoch, result, evaluated))
+                    self.watch.warm()  # one epoch and its evaluation: compiled for both
                     if self.stopper.should_stop:
                         status = "early_stopped"
                         break
+            self.watch.close()  # training is over: the final evaluations are not watched
         except NonFiniteLoss as error:
             where = (f"{self.run_dir / LAST} (iteration {self.saved_iter}) is the last "
                      "good checkpoint" if self.saved_iter is not None
@@ -389,11 +413,11 @@ class Trainer:
         payload = {
             "model": self.raw_model.state_dict(), "model_name": self.cfg.model.name,
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(), "state": self.state.state_dict(),
+            "scaler": self.step.scaler.state_dict(), "state": self.state.state_dict(),
             "stopper": self.stopper.state_dict(), "config": to_dict(self.cfg),
             "progress": {"best": self.best, "time_to_target": self.time_to_target,
                          "saved_iter": self.saved_iter},
-            "rng": ckpt.rng_state(),
+            "rng": ckpt.rng_state(), "speed": self.watch.state_dict(),
         }
         try:
             ckpt.save_atomic(payload, self.run_dir / LAST, previous=self.run_dir / PREVIOUS)
@@ -461,6 +485,7 @@ class Trainer:
             "final": {"val": val, split: final},
             "best": None if self.best is None else {**self.best, split: best},
             "images_per_sec": state.images / max(state.train_time, 1e-9),
+            "step": self.plan.why, "speed": self.watch.summary(),
             "data_wait_fraction": wait, "data_verdict": data_verdict(wait),
             "train_time_s": state.train_time, "wall_time_s": wall,
             "target_error": cfg.run.target_error,
@@ -482,6 +507,7 @@ class Trainer:
         return summary
 
     def close(self, result: Result) -> Result:
+        self.watch.close()
         if self.log is not None:
             self.log.close()
         self.release()

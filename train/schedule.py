@@ -14,10 +14,19 @@ from torch import nn
 from train.config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on every parameter, BN included, as in the paper."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig,
+                    device: torch.device | None = None) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on every parameter, BN included, as in the paper. On
+    CUDA the fused kernel (one launch, and it reads a tensor lr: CUDA-graph steps need it)."""
+    fused = device is not None and torch.device(device).type == "cuda"
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+                           fused=fused or None)
+
+
+def total_iterations(cfg: ScheduleConfig, iters_per_epoch: int) -> int:
+    """The run's length in optimizer steps."""
+    return cfg.total if cfg.unit == "iter" else cfg.total * iters_per_epoch
 
 
 def multistep_lr(step: int, base_lr: float, cfg: ScheduleConfig) -> float:
@@ -63,11 +72,6 @@ class LRSchedule:
     def load_state_dict(self, state: dict) -> None:
         self.plateau_lr, self.best = float(state["plateau_lr"]), float(state["best"])
         self.bad_evals = int(state["bad_evals"])
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 class EarlyStopper:

@@ -24,11 +24,12 @@ class Precision:
     memory_format: torch.memory_format
     device_type: str
 
-    def autocast(self):
-        """A fresh autocast context for one forward pass."""
+    def autocast(self, cache: bool = True):
+        """A fresh autocast context for one forward pass (cache=False inside a CUDA-graph
+        capture: cached casts would outlive it)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+        return torch.autocast(self.device_type, dtype=self.amp_dtype, cache_enabled=cache)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Loss scaling for fp16 only (a no-op otherwise)."""

@@ -18,9 +18,11 @@ from pipelines import build_loader, num_classes
 from pipelines.spec import DataConfig
 from train.config import Config, from_dict, to_dict
 from train.distributed import DistEnv
-from train.loop import LoopSettings, TrainState, device_sync, train_one_epoch
+from train.loop import LoopSettings, RunHooks, TrainState, device_sync, train_one_epoch
+from train.meter import Meter
 from train.schedule import LRSchedule, build_optimizer
 from train.setup import model_for, precision
+from train.step import TrainStep, plan_step
 
 # No records here: the synthetic loader then sizes its epoch as the full dataset's, so the
 # upper bound never depends on the size of the set being benchmarked.
@@ -81,7 +83,8 @@ class RunSettings:
 
     device: str = "cpu"
     amp: str = "bf16"  # CUDA only, as in a run
-    compile: bool | str = False
+    compile: bool | str = "auto"  # as a run resolves them (train/step.plan_step)
+    cuda_graph: bool | str = "auto"
     channels_last: bool = True
     workers: int = 2
 
@@ -94,23 +97,25 @@ def run_config(data: DataConfig, model: str, settings: RunSettings, iters: int) 
         "model": {"name": model, **({"shortcut": shortcut} if shortcut else {})},
         "schedule": {"unit": "iter", "total": iters},
         "run": {"device": settings.device, "amp": settings.amp, "compile": settings.compile,
-                "progress": False},
+                "cuda_graph": settings.cuda_graph, "progress": False},
     }, "benchmark")
 
 
 class Trainee:
-    """A model, optimizer and state as train/run.py builds them, trained by train_one_epoch."""
+    """A model, step and state as train/run.py builds them, trained by train_one_epoch."""
 
     def __init__(self, cfg: Config, device: torch.device):
         torch.manual_seed(0)
         self.cfg, self.device = cfg, device
         self.precision = precision(cfg, device)
+        self.plan = plan_step(cfg.run.compile, cfg.run.cuda_graph, device, 1,
+                              self.precision.amp_dtype)
         self.raw = model_for(cfg, device)
-        self.model = (torch.compile(self.raw, mode=cfg.run.compile) if cfg.run.compile
-                      else self.raw)
-        self.optimizer = build_optimizer(self.raw, cfg.optim)
-        self.scaler = self.precision.grad_scaler()
+        model = torch.compile(self.raw, mode=self.plan.compile) if self.plan.compile else self.raw
+        self.step = TrainStep(model, build_optimizer(self.raw, cfg.optim, device),
+                              self.precision, device, self.plan.graph, self.plan.mark_step)
         self.state = TrainState()
+        self.meter = Meter(DistEnv(0, 0, 1, device))
 
     def train(self, loader, iters: int, log_every: int) -> list[tuple[float, int, dict]]:
         """Train `iters` more steps (across epoch ends); (host time, iteration, record) at
@@ -118,19 +123,16 @@ class Trainee:
         schedule = LRSchedule(self.cfg.schedule, self.cfg.optim.lr, len(loader))
         total = self.state.iteration + iters
         settings = LoopSettings(total_iters=total, log_every=log_every, ckpt_every=0,
-                                progress=False,
-                                mark_step=self.cfg.run.compile == "reduce-overhead")
-        logs, env = [], DistEnv(0, 0, 1, self.device)
+                                progress=False)
+        logs = []
 
         def on_log(record):
             logs.append((time.perf_counter(), self.state.iteration, record))
 
         while self.state.iteration < total:
-            train_one_epoch(self.model, loader, self.optimizer, schedule, self.scaler,
-                            self.precision, self.state, settings, env, on_log, lambda: None,
-                            lambda: False)
-            if self.state.batch >= len(loader):
-                self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+            train_one_epoch(self.step, loader, schedule, self.state, settings, self.meter,
+                            RunHooks(on_log=on_log))
+            self.state.next_epoch_if_done(len(loader))
         return logs
 
 
@@ -197,7 +199,7 @@ def trainer_vs_bare(synthetic: DataConfig, model: str, settings: RunSettings, st
             "trainer_images_per_s": batch * steps / statistics.median(trainer_s),
             "bare_images_per_s": batch * steps / statistics.median(bare_s),
             "ratio": statistics.median(ratios), "ratios": ratios,
-            "compile": settings.compile,
+            "step": trainee.plan.why,
             "note": "bare loop: eager (no compile), the run's autocast, no scaler or logging"}
 
 
