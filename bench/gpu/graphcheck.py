@@ -22,10 +22,11 @@ for amp in ("none", "bf16"):
         memory_format=torch.channels_last), torch.randint(10, (16,), generator=gen).to(device))
         for _ in range(8)]
 
-    def run(graph):
+    def run(graph, cfg=cfg, prec=prec, batches=batches):
         torch.manual_seed(0)
         model = model_for(cfg, device)
-        step = TrainStep(model, build_optimizer(model, cfg.optim, device), prec, device, graph=graph)
+        step = TrainStep(model, build_optimizer(model, cfg.optim, device), prec, device,
+                         graph=graph)
         snaps = []
         for i, (x, y) in enumerate(batches):
             step.set_lr(0.1 if i < 5 else 0.01)
