@@ -53,6 +53,10 @@ def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
     assert [r["dataset"] for r in result["trainer_vs_bare"]] == ["cifar10", "imagenet"]
     assert all(r["ratio"] > 0 for r in result["trainer_vs_bare"])
     assert all(r["speedup"] > 0 for r in result["layouts"])
+    paper = result["paper"]
+    assert [r["mode"] for r in paper] == ["eager"] and paper[0]["step_ms"] > 0
+    assert paper[0]["projected_minutes"] > 64000 * paper[0]["step_ms"] / 60000
+    assert "## Paper schedule, projected" in (out / "smoke.md").read_text()
     conversion = result["conversion"]
     assert conversion["reference"]["images_per_s"] > 0
     assert "webdataset" in conversion["stages"] and conversion["of_reference_x_cores"] > 0

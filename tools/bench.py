@@ -1,7 +1,8 @@
 """Where the time goes, in one run: every data backend alone (train and eval) beside the
 torchvision DataLoader, training end to end through train.loop.train_one_epoch against the
 synthetic upper bound, the trainer against a bare eager loop, channels_last against contiguous,
-and the ImageNet converter against a one-process PIL reference.
+the ImageNet converter against a one-process PIL reference, and the paper's 64k-iteration
+ResNet-32 run projected per step mode.
 
   make bench                                      # everything, from nothing but `make install`
   .venv/bin/python tools/bench.py [--cifar DIR] [--imagenet DIR] [--smoke] [...]
@@ -96,6 +97,7 @@ def main(argv=None) -> dict:
     rows["trainer_vs_bare"] = (parts.trainer_vs_bare(datasets, sizes, settings)
                                if "trainer" in only else [])
     rows["layouts"] = parts.layouts(datasets, sizes, device) if "layouts" in only else []
+    rows["paper"] = parts.paper(sizes, device) if "paper" in only else []
 
     result = report.record(args, argv, device, load_before, settings, sizes, datasets, rows,
                            conversion, notes)

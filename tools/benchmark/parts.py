@@ -106,8 +106,22 @@ def add_ratios(loader_rows: list[dict], e2e_rows: list[dict]) -> None:
             row["efficiency"] = row["images_per_s"] / bound[row["dataset"]]
 
 
+def paper(sizes: Sizes, device: torch.device) -> list[dict]:
+    """The 64k-iteration ResNet-32 run projected per step mode (each in its own process)."""
+    from tools.benchmark.paper_projection import run_modes
+
+    rows = run_modes(list(sizes.paper_modes), str(device), sizes.paper_steps,
+                     sizes.paper_warmup)
+    for row in rows:
+        if "failed" in row:
+            row["note"] = FAILED + row.pop("failed")
+    return rows
+
+
 def failures(result: dict) -> list[str]:
     """What failed of what was asked, one "<dataset> <split> <backend>: why" each."""
-    return [f"{r['dataset']} {r.get('split', 'e2e')} {r['backend']}: "
+    rows = [f"{r['dataset']} {r.get('split', 'e2e')} {r['backend']}: "
             f"{r['note'].removeprefix(FAILED)}"
             for part in ("loaders", "e2e") for r in result[part] if failed(r)]
+    return rows + [f"paper projection {r['mode']}: {r['note'].removeprefix(FAILED)}"
+                   for r in result.get("paper", []) if failed(r)]

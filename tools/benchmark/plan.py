@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("native", "torchvision", "ffcv", "dali")
 NEEDS = {"ffcv": "ffcv", "dali": "nvidia.dali"}
 DEFAULT_CIFAR = ROOT / "data" / "records" / "cifar10"
-PARTS = ("loaders", "e2e", "trainer", "layouts", "convert")
+PARTS = ("loaders", "e2e", "trainer", "layouts", "convert", "paper")
 
 
 class BenchError(ValueError):
@@ -45,6 +45,10 @@ class Sizes:
     imagenet_steps: int | None = None  # None: as CIFAR's (steps, e2e_warmup, round_steps)
     imagenet_warmup: int | None = None
     imagenet_round_steps: int | None = None
+    # the paper schedule's projection (tools/benchmark/paper_projection.py): modes, steps
+    paper_modes: tuple[str, ...] = ("eager",)
+    paper_steps: int = 20
+    paper_warmup: int = 3
 
     def e2e(self, dataset: str) -> tuple[int, int, int]:
         """(warm-up steps, timed steps, steps per interleaved round) for `dataset`."""
@@ -59,8 +63,10 @@ PROFILES = {
     "cpu": Sizes(3000, 100, 512, 64, 20, 3, "resnet32", "resnet34", 128, 16, 12, 4, 5, 4,
                  imagenet_steps=4, imagenet_warmup=2, imagenet_round_steps=2),
     "cuda": Sizes(10000, 100, 512, 256, 50, 10, "resnet32", "resnet34", 128, 256, 100, 30,
-                  5, 30),
-    "smoke": Sizes(48, 4, 32, 8, 2, 1, "resnet20", "resnet18", 16, 4, 2, 1, 1, 1, 64),
+                  5, 30, paper_modes=("eager", "graph", "default", "graph+default",
+                                      "reduce-overhead"), paper_steps=300, paper_warmup=20),
+    "smoke": Sizes(48, 4, 32, 8, 2, 1, "resnet20", "resnet18", 16, 4, 2, 1, 1, 1, 64,
+                   paper_steps=2, paper_warmup=1),
 }
 
 

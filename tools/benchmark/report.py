@@ -20,7 +20,7 @@ PACKAGES = ("torch", "torchvision", "numpy", "pillow", "ffcv", "nvidia-dali-cuda
             "opencv-python")
 SCHEMA = ("command", "date", "machine", "device", "device_type", "cores", "versions",
           "torch_threads", "load_average", "busy", "settings", "datasets", "loaders", "e2e",
-          "trainer_vs_bare", "layouts", "conversion", "notes")
+          "trainer_vs_bare", "layouts", "paper", "conversion", "notes")
 BUSY = 0.5  # load average per core above which the numbers are suspect
 
 
@@ -186,6 +186,16 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
         "contiguous images/s": (">", lambda r: number(r["contiguous_images_per_s"])),
         "channels_last images/s": (">", lambda r: number(r["channels_last_images_per_s"])),
         "speed-up": (">", lambda r: f"{r['speedup']:.2f}×")})
+    lines += table("Paper schedule, projected: ResNet-32, 64,000 iterations of batch 128 "
+                   "(warm-up with compilation and capture + steady steps + 182 val passes; each "
+                   "mode a fresh process, empty compile cache)", result.get("paper", []), {
+        "mode": ("<", lambda r: r["mode"]), "step": ("<", lambda r: r.get("step", "")),
+        "warm-up s": (">", lambda r: number(r.get("warmup_s"))),
+        "ms/step": (">", lambda r: "" if r.get("step_ms") is None else f"{r['step_ms']:.2f}"),
+        "images/s": (">", lambda r: number(r.get("images_per_s"))),
+        "projected minutes": (">", lambda r: "" if r.get("projected_minutes") is None
+                              else f"{r['projected_minutes']:.1f}"),
+        "notes": ("<", note)})
     conv = result["conversion"]
     if conv:
         ref = conv["reference"]
