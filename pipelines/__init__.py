@@ -22,6 +22,7 @@ from pipelines.spec import (
     report_split,
     selection_split,
 )
+from records import datasets
 
 __all__ = ["build_loader", "AugSpec", "DataConfig", "dataset_stats", "num_classes",
            "report_split", "selection_split"]
@@ -35,9 +36,9 @@ def check_request(data_cfg: DataConfig, split: str, rank: int, world_size: int,
         raise ValueError(f"eval_mode={eval_mode!r}: expected one of {', '.join(EVAL_MODES)}")
     if split == "train" and eval_mode != "center":
         raise ValueError(f"eval_mode={eval_mode!r} applies to eval splits, not to split='train'")
-    if eval_mode != "center" and data_cfg.dataset != "imagenet":
-        raise ValueError(f"eval_mode={eval_mode!r} is ImageNet-only; {data_cfg.dataset} "
-                         "evaluates the image as it is (eval_mode='center')")
+    if eval_mode not in datasets.get(data_cfg.dataset).eval_modes:
+        raise ValueError(f"eval_mode={eval_mode!r} is for ImageNet-style datasets; "
+                         f"{data_cfg.dataset} evaluates the image as it is (eval_mode='center')")
     if eval_mode == "multiscale":
         if not isinstance(scale, int) or isinstance(scale, bool) or scale <= 0:
             raise ValueError(f"eval_mode='multiscale' needs scale=<positive int shorter side>, "

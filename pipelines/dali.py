@@ -29,6 +29,7 @@ from pipelines import ops
 from pipelines.plan import EpochPlan
 from pipelines.readers import cifar_split, shard_paths
 from pipelines.spec import DataConfig, dataset_stats
+from records import datasets
 from records import format as fmt
 
 SHUFFLE_BUFFER = 4096  # samples in the webdataset reader's shuffle buffer (encoded JPEGs)
@@ -37,7 +38,7 @@ SHUFFLE_BUFFER = 4096  # samples in the webdataset reader's shuffle buffer (enco
 def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
           seed: int = 0, eval_mode: str = "center", scale: int | None = None):
     device = torch.device(device)
-    if data_cfg.dataset == "imagenet":
+    if datasets.get(data_cfg.dataset).family == "imagenet":
         return ImageNetLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
     return CifarLoader(data_cfg, split, device, rank, world_size, seed)
 

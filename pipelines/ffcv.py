@@ -46,13 +46,9 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage  # noqa: E402
 
 from pipelines import ops  # noqa: E402
 from pipelines.plan import EpochPlan  # noqa: E402
-from pipelines.readers import (  # noqa: E402
-    checker,
-    cifar_source_split,
-    cifar_split_indices,
-    open_records,
-)
+from pipelines.readers import checker, open_records, split_positions  # noqa: E402
 from pipelines.spec import DataConfig  # noqa: E402
+from records import datasets  # noqa: E402
 from records import format as fmt  # noqa: E402
 
 torch.set_num_threads(_threads)
@@ -180,7 +176,7 @@ class WholeImageDecoder(SimpleRGBImageDecoder):
 # ----------------------------------------------------------------------------- loader
 def _beton(cfg: DataConfig, split: str) -> tuple[Path, int]:
     """(path, sample count) of the .beton that `split` reads, checked against the manifest."""
-    source = split if cfg.dataset == "imagenet" else cifar_source_split(split)
+    source = datasets.get(cfg.dataset).stored_split(split)
     manifest = open_records(cfg, "ffcv", source)
     return Path(cfg.root) / fmt.beton_rel(source), fmt.split_count(manifest, source)
 
@@ -199,7 +195,7 @@ class FFCVLoader:
         self.cfg, self.aug, self.device = cfg, cfg.aug, device
         self.rank, self.seed, self.eval_mode, self.scale = rank, seed, eval_mode, scale
         self.train = split == "train"
-        self.imagenet = cfg.dataset == "imagenet"
+        self.imagenet = datasets.get(cfg.dataset).family == "imagenet"
         self.per_image = eval_mode == "multiscale"
         path, count = _beton(cfg, split)
         reader = Reader(str(path))
@@ -209,13 +205,12 @@ class FFCVLoader:
             raise ValueError(f"{path}: {reader.num_samples} samples, manifest.json says {count}")
         checker(cfg, fmt.read_manifest(cfg.root)).labels(
             reader.metadata[f"f{reader.field_names.index('label')}"], path,
-            split if self.imagenet else cifar_source_split(split))
+            datasets.get(cfg.dataset).stored_split(split))
         meta = reader.metadata[f"f{reader.field_names.index('image')}"]
         heights, widths = meta["height"].astype(np.int64), meta["width"].astype(np.int64)
 
         # The split's sample ids (CIFAR: the train/val hold-out); the rank's plan over them.
-        self.ids = (np.arange(count, dtype=np.int64) if self.imagenet
-                    else cifar_split_indices(cfg, split, n_train=count))
+        self.ids = split_positions(cfg, split, stored_count=count)
         batch = cfg.batch_size if self.train else cfg.eval_batch_size
         self.decoder = SimpleRGBImageDecoder()
         if self.imagenet and self.train:

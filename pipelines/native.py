@@ -20,11 +20,12 @@ from pipelines import ops
 from pipelines.plan import EpochPlan
 from pipelines.readers import ShardReader, cifar_split, shard_index
 from pipelines.spec import DataConfig
+from records import datasets
 
 
 def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
           seed: int = 0, eval_mode: str = "center", scale: int | None = None):
-    if data_cfg.dataset == "imagenet":
+    if datasets.get(data_cfg.dataset).family == "imagenet":
         return ImageNetLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
     return CifarLoader(data_cfg, split, device, rank, world_size, seed)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.spec import DataConfig
+from records import datasets
 from records import format as fmt
 from records.check import Checker
 
@@ -47,35 +48,23 @@ def missing(path: Path, cfg: DataConfig) -> FileNotFoundError:
     """The error for a records file the manifest promises but the folder lacks."""
     return FileNotFoundError(
         f"{path}: missing (data.backend={cfg.backend!r} reads the "
-        f"{fmt.backend_format(cfg.dataset, cfg.backend)!r} records); convert again: "
-        f"{fmt.make_target(cfg.dataset)}")
+        f"{datasets.get(cfg.dataset).reads(cfg.backend)!r} records); convert again: "
+        f"{fmt.fix_command(None, cfg.dataset)}")
 
 
 # ----------------------------------------------------------------------------- CIFAR
-def cifar_source_split(split: str) -> str:
-    """The official split a CIFAR split is drawn from: train and val from train, test from test."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"CIFAR split={split!r}: expected train, val or test")
-    return "test" if split == "test" else "train"
-
-
-def cifar_split_indices(cfg: DataConfig, split: str, n_train: int | None = None) -> np.ndarray:
-    """Sorted indices into the official array of `cifar_source_split(split)`: "val" is a fixed
-    random hold-out of cfg.val_size train images (cfg.split_seed), "train" the rest."""
-    source = cifar_source_split(split)
-    count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), source)
-    if source == "test":
-        return np.arange(count, dtype=np.int64)
-    n_train = count if n_train is None else n_train
-    if not 0 <= cfg.val_size < n_train:
-        raise ValueError(f"data.val_size={cfg.val_size}: must be in [0, {n_train})")
-    order = np.random.default_rng(cfg.split_seed).permutation(n_train)
-    held_out = np.sort(order[:cfg.val_size])
-    return held_out if split == "val" else np.sort(order[cfg.val_size:])
+def split_positions(cfg: DataConfig, split: str, stored_count: int | None = None) -> np.ndarray:
+    """Sorted positions in the stored split that `split` is drawn from (records/datasets.py:
+    CIFAR's val is a fixed hold-out of cfg.val_size train images, seeded by cfg.split_seed)."""
+    entry = datasets.get(cfg.dataset)
+    if stored_count is None:
+        manifest = fmt.read_manifest(cfg.root, cfg.dataset)
+        stored_count = fmt.split_count(manifest, entry.stored_split(split))
+    return entry.positions(split, stored_count, cfg.val_size, cfg.split_seed)
 
 
 def load_cifar_arrays(cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Official `source` ("train"|"test") split: uint8 (N, 32, 32, 3) HWC RGB, int64 (N,),
+    """Stored `source` ("train"|"test") split: uint8 (N, H, W, 3) HWC RGB, int64 (N,),
     checked against the manifest (files, shapes, label range and per-class counts)."""
     manifest = open_records(cfg, "arrays", source)
     images_path, labels_path = (Path(cfg.root) / rel for rel in fmt.array_rels(source))
@@ -86,8 +75,8 @@ def load_cifar_arrays(cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndar
 
 def cifar_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of a CIFAR split, after the train/val hold-out."""
-    images, labels = load_cifar_arrays(cfg, cifar_source_split(split))
-    index = cifar_split_indices(cfg, split, n_train=len(images))
+    images, labels = load_cifar_arrays(cfg, datasets.get(cfg.dataset).stored_split(split))
+    index = split_positions(cfg, split, stored_count=len(images))
     return images[index], labels[index]
 
 
@@ -159,12 +148,12 @@ def shard_index(cfg: DataConfig, split: str) -> ShardIndex:
     stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in shards)
     manifest = fmt.read_manifest(cfg.root, cfg.dataset)
     index = replace(_shard_index(shards, stamp), classes=len(manifest["classes"]),
-                    fix=fmt.make_target(cfg.dataset))
+                    fix=fmt.fix_command(manifest))
     expected = fmt.split_count(manifest, split)
     if len(index) != expected:
         raise fmt.RecordsError(f"{shards[0].parent}: {len(index)} samples in the shards, "
                                f"manifest.json says {expected}; convert again: "
-                               f"{fmt.make_target(cfg.dataset)}")
+                               f"{fmt.fix_command(manifest)}")
     return index
 
 

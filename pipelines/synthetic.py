@@ -10,11 +10,8 @@ import torch
 from pipelines import ops
 from pipelines.plan import EpochPlan
 from pipelines.spec import DataConfig, num_classes
+from records import datasets
 from records import format as fmt
-
-# Images per split when there are no records to count (CIFAR val/train after the hold-out).
-DEFAULT_COUNTS = {"cifar": {"train": 50000, "test": 10000}, "imagenet": {"train": 1281167,
-                                                                         "val": 50000}}
 
 
 def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
@@ -23,20 +20,22 @@ def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: i
 
 
 def split_size(cfg: DataConfig, split: str) -> int:
-    imagenet = cfg.dataset == "imagenet"
-    source = split if imagenet else ("test" if split == "test" else "train")
+    """Samples of `split`: from the manifest at cfg.root, else from the full dataset's counts."""
+    entry = datasets.get(cfg.dataset)
+    source = entry.stored_split(split)
     try:
         count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), source)
     except FileNotFoundError:
-        count = DEFAULT_COUNTS["imagenet" if imagenet else "cifar"][source]
-    if imagenet or split == "test":
-        return count
-    return cfg.val_size if split == "val" else count - cfg.val_size
+        if entry.counts is None:  # nothing to count without records
+            raise
+        count = entry.counts[source]
+    return entry.split_count(split, count, cfg.val_size)
 
 
 def image_shape(cfg: DataConfig, eval_mode: str, scale: int | None) -> tuple[int, ...]:
-    if cfg.dataset != "imagenet":
-        return (3, 32, 32)
+    entry = datasets.get(cfg.dataset)
+    if entry.family == "cifar":
+        return (3, *entry.image_size)
     crop = cfg.aug.crop
     if eval_mode == "tencrop":
         return (10, 3, crop, crop)
@@ -56,7 +55,7 @@ class SyntheticLoader:
         device = torch.device(device)
         generator = ops.make_generator("cpu", seed, rank, 0x5717)
         images = torch.randn(batch, *image_shape(cfg, eval_mode, scale), generator=generator)
-        labels = torch.randint(num_classes(cfg.dataset), (batch,), generator=generator)
+        labels = torch.randint(num_classes(cfg), (batch,), generator=generator)
         flat = images.flatten(0, 1) if images.dim() == 5 else images
         flat = ops.finish(flat.to(device), ops.DTYPES[cfg.dtype], cfg.channels_last)
         self.images = flat.unflatten(0, images.shape[:2]) if images.dim() == 5 else flat

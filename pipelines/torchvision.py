@@ -19,6 +19,7 @@ from pipelines import ops
 from pipelines.plan import EpochPlan
 from pipelines.readers import ShardReader, cifar_split, shard_index
 from pipelines.spec import AugSpec, DataConfig, dataset_stats
+from records import datasets
 
 
 def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
@@ -71,9 +72,10 @@ def transforms(cfg: DataConfig, train: bool, eval_mode: str, scale: int | None):
     to_float = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
     normalize = (SubtractMeanImage(aug.mean_image, std) if aug.mean_image
                  else T.Normalize(mean, std))
-    if cfg.dataset != "imagenet":
-        geometry = ([T.RandomCrop(32, padding=aug.pad), T.RandomHorizontalFlip(aug.flip_p)]
-                    if train else [])
+    entry = datasets.get(cfg.dataset)
+    if entry.family == "cifar":
+        geometry = ([T.RandomCrop(list(entry.image_size), padding=aug.pad),
+                     T.RandomHorizontalFlip(aug.flip_p)] if train else [])
         return T.Compose([*geometry, *to_float, normalize])
     if train:
         lighting = [Lighting(aug)] if aug.lighting_std > 0 else []
@@ -128,7 +130,7 @@ class BaselineLoader:
         self.device = torch.device(device)
         self.dtype, self.channels_last = ops.DTYPES[cfg.dtype], cfg.channels_last
         train = split == "train"
-        if cfg.dataset == "imagenet":
+        if datasets.get(cfg.dataset).family == "imagenet":
             reader = ShardReader(shard_index(cfg, split))
             read, n = _ImageNetRead(reader), len(reader)
         else:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from records import datasets
 from records import format as fmt
 
 VERIFY_MODES = ("cheap", "full")
@@ -52,7 +53,8 @@ class Checker:
         if mode not in VERIFY_MODES:
             raise ValueError(f"data.verify={mode!r}: expected one of {', '.join(VERIFY_MODES)}")
         self.root, self.manifest, self.mode = Path(root), manifest, mode
-        self.fix = fmt.make_target(manifest["dataset"])
+        self.dataset = datasets.get(manifest["dataset"])
+        self.fix = fmt.fix_command(manifest)
 
     def fail(self, path, problem: str) -> fmt.RecordsError:
         return fmt.RecordsError(f"{path}: {problem}; convert again: {self.fix}")
@@ -110,7 +112,7 @@ class Checker:
         self.files(rels)
         if format_name == "arrays":
             images, labels = rels
-            self.npy(images, (count, 32, 32, 3), np.uint8)
+            self.npy(images, (count, *self.dataset.image_size, 3), np.uint8)
             self.npy(labels, (count,), np.int64)
         elif format_name == "ffcv":
             samples = fmt.beton_count(self.root / rels[0])

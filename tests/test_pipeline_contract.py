@@ -26,7 +26,7 @@ from fixtures import (
 )
 from pipelines import AugSpec, DataConfig, build_loader
 from pipelines.ops import unnormalize
-from pipelines.readers import ShardReader, cifar_split_indices, load_cifar_arrays, shard_index
+from pipelines.readers import ShardReader, load_cifar_arrays, shard_index, split_positions
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 BACKENDS = [
@@ -402,8 +402,8 @@ def test_cifar10(backend, cifar10_records):
     # The records hold the real CIFAR-10: its well-known test statistics.
     np.testing.assert_allclose(test_images.mean((0, 1, 2)) / 255, CIFAR10_TEST_MEAN, atol=1e-3)
     np.testing.assert_allclose(test_images.std((0, 1, 2)) / 255, CIFAR10_TEST_STD, atol=1e-3)
-    val_index = cifar_split_indices(cfg, "val")
-    train_index = cifar_split_indices(cfg, "train")
+    val_index = split_positions(cfg, "val")
+    train_index = split_positions(cfg, "train")
     assert len(train_index) == 45000 and len(val_index) == 5000
     assert not set(train_index) & set(val_index)
 

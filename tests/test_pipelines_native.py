@@ -13,8 +13,9 @@ import torch
 from fixtures import write_cifar_records
 from pipelines import AugSpec, DataConfig, build_loader, ops
 from pipelines.plan import EpochPlan, shard_indices
-from pipelines.readers import ShardReader, cifar_split_indices, shard_index
-from pipelines.spec import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from pipelines.readers import ShardReader, shard_index, split_positions
+from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from records import datasets
 from records import format as fmt
 
 
@@ -24,7 +25,7 @@ def write_manifest(root, dataset, counts, classes):
     from tools.writers.atomic import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
-    formats = [fmt.FORMATS[dataset][0]]
+    formats = [datasets.get(dataset).formats[0]]
     files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*")
              if p.is_file() and p.name != fmt.MANIFEST}
     fmt.write_manifest(root, fmt.make_manifest(
@@ -123,7 +124,7 @@ def test_normalize_uint8_float_shift_and_layout(tmp_path):
     cfg = DataConfig()
     normalize = ops.Normalize(cfg, "cpu")
     images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
-    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    mean, std = torch.tensor(datasets.DATASETS["cifar10"].mean).view(3, 1, 1), torch.tensor(datasets.DATASETS["cifar10"].std).view(3, 1, 1)
     want = (images.float() / 255 - mean) / std
     out = normalize(images)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
@@ -148,7 +149,7 @@ def test_mean_image(tmp_path):
     np.save(tmp_path / "mean.npy", mean_image)
     cfg = DataConfig(aug=AugSpec(mean_image=str(tmp_path / "mean.npy")))
     images = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
-    std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    std = torch.tensor(datasets.DATASETS["cifar10"].std).view(3, 1, 1)
     want = (images.float() / 255 - torch.from_numpy(mean_image).permute(2, 0, 1)) / std
     torch.testing.assert_close(ops.Normalize(cfg, "cpu")(images), want)
     pixel_major = images.contiguous(memory_format=torch.channels_last)
@@ -234,18 +235,18 @@ def test_backend_needs_its_format(tiny_cifar):
     assert fmt.require_format(tiny_cifar[0], manifest, "synthetic") is None
 
 
-def test_cifar_split_indices(tiny_cifar):
+def test_split_positions(tiny_cifar):
     root, _ = tiny_cifar
     cfg = cifar_cfg(root)
-    train, val = cifar_split_indices(cfg, "train"), cifar_split_indices(cfg, "val")
+    train, val = split_positions(cfg, "train"), split_positions(cfg, "val")
     assert len(train) == 100 and len(val) == 20 and not set(train) & set(val)
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(120))
-    assert np.array_equal(val, cifar_split_indices(cifar_cfg(root), "val"))  # fixed seed
-    assert not np.array_equal(val, cifar_split_indices(cifar_cfg(root, split_seed=1), "val"))
-    assert len(cifar_split_indices(cifar_cfg(root, val_size=0), "train")) == 120
-    assert np.array_equal(cifar_split_indices(cfg, "test"), np.arange(30))
+    assert np.array_equal(val, split_positions(cifar_cfg(root), "val"))  # fixed seed
+    assert not np.array_equal(val, split_positions(cifar_cfg(root, split_seed=1), "val"))
+    assert len(split_positions(cifar_cfg(root, val_size=0), "train")) == 120
+    assert np.array_equal(split_positions(cfg, "test"), np.arange(30))
     with pytest.raises(ValueError, match="val_size"):
-        cifar_split_indices(cifar_cfg(root, val_size=120), "train")
+        split_positions(cifar_cfg(root, val_size=120), "train")
 
 
 def write_shard(path, samples, with_index):
@@ -287,7 +288,7 @@ def test_shard_reader(tmp_path, with_index):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(split="valid"), "split='valid'"),
     (dict(split="train", eval_mode="tencrop"), "eval splits"),
-    (dict(split="test", eval_mode="tencrop"), "ImageNet-only"),
+    (dict(split="test", eval_mode="tencrop"), "for ImageNet-style datasets"),
     (dict(split="test", eval_mode="sideways"), "eval_mode='sideways'"),
     (dict(split="test", scale=256), "only used with eval_mode='multiscale'"),
     (dict(split="test", rank=2, world_size=2), "rank=2"),
@@ -324,7 +325,7 @@ def test_native_cifar_train_is_crop_and_flip_of_the_right_images(tiny_cifar):
     cfg = cifar_cfg(root)
     loader = build_loader(cfg, "train", "cpu", seed=4)
     assert len(loader) == 100 // 16
-    train_index = cifar_split_indices(cfg, "train")
+    train_index = split_positions(cfg, "train")
     images, labels = arrays["train"]
     flips, seen = [], []
     for epoch in range(3):
@@ -393,7 +394,7 @@ def test_baseline_workers_do_not_change_the_batches(tiny_cifar):
 def test_baseline_cifar_train_is_crop_and_flip(tiny_cifar):
     root, arrays = tiny_cifar
     cfg = cifar_cfg(root, "torchvision")
-    train_index = cifar_split_indices(cfg, "train")
+    train_index = split_positions(cfg, "train")
     loader = build_loader(cfg, "train", "cpu", seed=4)
     plan = shard_indices(100, 0, 1, 4, 0, True, True, 16)
     images = np.concatenate([to_uint8(x, cfg) for x, _ in loader])

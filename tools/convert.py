@@ -26,17 +26,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import from the repo root, not from tools/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from records import datasets  # noqa: E402
 from records import format as fmt  # noqa: E402
 from tools.writers.ffcv import beton_payload  # noqa: E402
 from tools.writers.verify import verify  # noqa: E402,F401  (tools.convert.verify is the API)
 
-DATASETS = fmt.DATASETS
 # ImageNet defaults: shorter side capped at the largest train scale (480) and the largest
 # multi-scale test side (640). Most ImageNet photos (~500x375) are below both caps and their
 # original JPEG goes to the shards unchanged. FFCV re-encodes every image at this quality.
 JPEG_QUALITY = 90
-TRAIN_MAX_SIDE = 480
-VAL_MAX_SIDE = 640
+TRAIN_MAX_SIDE = datasets.PHOTO_MAX_SIDE["train"]
+VAL_MAX_SIDE = datasets.PHOTO_MAX_SIDE["val"]
 
 IMAGENET_HELP = f"""\
 ImageNet: --src is a folder holding either train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val/ may
@@ -67,8 +67,8 @@ def convert(dataset: str, src=None, out="data/records", formats=None, workers=No
             train_max_side=TRAIN_MAX_SIDE, val_max_side=VAL_MAX_SIDE, shard_size=None,
             quiet=False) -> Path:
     """Convert `dataset` from `src` into out/<dataset>; returns that folder. formats: None for
-    every format of the dataset (records.format.FORMATS)."""
-    formats = fmt.parse_formats(dataset, fmt.FORMATS.get(dataset, ()) if formats is None
+    every format of the dataset (records/datasets.py)."""
+    formats = fmt.parse_formats(dataset, datasets.get(dataset).formats if formats is None
                                 else formats)
     workers = workers or default_workers()
     root = Path(out) / dataset
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=IMAGENET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in DATASETS:
+    for name in ("cifar10", "cifar100", "imagenet"):
         p = sub.add_parser(name, help=f"convert {name}",
                            epilog=IMAGENET_HELP if name == "imagenet" else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,8 +166,9 @@ def main(argv=None) -> int:
                        help="imagenet: folder with archives or train/ val/; cifar: the python "
                        "tarball (omit to download the official one, md5-checked)")
         p.add_argument("--out", type=Path, required=True, help="writes OUT/<dataset>/")
-        p.add_argument("--formats", default=",".join(fmt.FORMATS[name]),
-                       help=f"comma list of {','.join(fmt.FORMATS[name])} (default: all); a "
+        formats = ",".join(datasets.get(name).formats)
+        p.add_argument("--formats", default=formats,
+                       help=f"comma list of {formats} (default: all); a "
                        "rerun with fewer formats DELETES the records of the others")
         p.add_argument("--workers", type=int, default=None,
                        help=f"processes (default: all cores, here {default_workers()})")

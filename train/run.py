@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from pipelines import build_loader, report_split, selection_split
+from records import datasets
 from records.format import RecordsError
 from train import checkpoint as ckpt
 from train import distributed
@@ -48,8 +49,8 @@ from train.schedule import EarlyStopper, LRSchedule, build_optimizer
 from train.setup import model_for, precision
 
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "nonfinite": 1, "interrupted": 130}
-IMAGENET_NOTE = ("ImageNet has no labelled test set: the reported numbers are val numbers, "
-                 "on the same images that chose the best model")
+NO_TEST_NOTE = ("{} has no labelled test set: the reported numbers are val numbers, on the "
+                "same images that chose the best model")
 
 
 @dataclass
@@ -424,8 +425,8 @@ class Trainer:
             "iteration_to_target": None if tta is None else tta["iteration"],
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         }
-        if cfg.data.dataset == "imagenet":
-            summary["note"] = IMAGENET_NOTE
+        if split == selection_split(cfg.data):
+            summary["note"] = NO_TEST_NOTE.format(datasets.get(cfg.data.dataset).title)
         write_json(summary, self.run_dir / "summary.json")
         plot_curves(read_metrics(self.run_dir), self.run_dir / "curves.png",
                     title=f"{cfg.model.name} {cfg.data.dataset}")

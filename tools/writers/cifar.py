@@ -5,6 +5,7 @@ from functools import partial
 
 import numpy as np
 
+from records import datasets
 from records import format as fmt
 
 from ..datasets.cifar import read_cifar
@@ -60,7 +61,7 @@ def convert_cifar(dataset, tar_path, root, *, formats, workers, allow_subset, so
                 report[name]["images"] += 0 if rel.endswith("_labels.npy") else len(labels)
             splits[split] = {"count": len(labels), "per_class": np.bincount(
                 labels, minlength=len(data.classes)).tolist()}
-        out.remove_stale(set(files), under=fmt.FORMATS[dataset])
+        out.remove_stale(set(files), under=datasets.get(dataset).formats)
         manifest = fmt.make_manifest(
             dataset=dataset, formats=formats, source={**source_info, "sha256": tar_sha},
             settings=settings, classes=data.classes, splits=splits, files=files, root=root,

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from records import datasets
 from records import format as fmt
 
 from ..datasets.imagenet import Item, load_source, read_item
@@ -248,7 +249,7 @@ def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_
             if seconds is not None:
                 report["ffcv"]["seconds"] += seconds
                 report["ffcv"]["images"] += len(r.kept)
-        out.remove_stale(set(files), under=fmt.FORMATS["imagenet"])
+        out.remove_stale(set(files), under=datasets.get("imagenet").formats)
         splits_info = {split: {"count": len(r.kept), "per_class": r.per_class.tolist(),
                                "shard_size": r.shard_size,
                                "shards": sum(rel.endswith(".tar") for rel in r.files)}
