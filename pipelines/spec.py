@@ -1,7 +1,10 @@
 """One backend-neutral description of the data and its augmentation.
 
-Every backend (native, ffcv, dali, torchvision baseline) reads these dataclasses and nothing else;
-train/config.py nests them, so YAML keys are `data.*` and `data.aug.*`.
+Every backend (native, ffcv, dali, torchvision baseline) reads these dataclasses, through its
+LoaderRequest (pipelines/request.py), and the dataset's facts (records/datasets.py); its
+augmentation family picks the recipe: "cifar" (pad, random crop, flip; eval as is) or
+"imagenet" (shorter side ~ U{scale_min..scale_max}, random crop, flip, PCA lighting; eval center
+crop, ten crops or multi-scale). train/config.py nests them: YAML keys are `data.*`, `data.aug.*`.
 """
 from __future__ import annotations
 
@@ -117,8 +120,12 @@ def num_classes(data: DataConfig | str) -> int:
     return len(fmt.read_manifest(data.root, data.dataset)["classes"])
 
 
-def check_split(dataset: str, split: str) -> str:
-    return datasets.get(dataset).check_split(split)
+def class_names(cfg: DataConfig) -> list[str] | None:
+    """The class names of the records at cfg.root (None: no records there)."""
+    try:
+        return datasets.class_names(fmt.read_manifest(cfg.root, cfg.dataset))
+    except FileNotFoundError:
+        return None
 
 
 def selection_split(cfg: DataConfig) -> str | None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fixtures import CIFAR10_TEST_MEAN, as_uint8_hwc, digests, val_items
-from pipelines import AugSpec, DataConfig, build_loader
+from pipelines import AugSpec, DataConfig, LoaderRequest, build_loader
 from pipelines.ops import unnormalize
 from pipelines.plan import EpochPlan
 from pipelines.readers import load_cifar_arrays, split_positions
@@ -122,7 +122,7 @@ def test_cls_labels_are_parsed_and_checked():
     from pipelines.dali import ImageNetLoader
 
     loader = ImageNetLoader.__new__(ImageNetLoader)
-    loader.device, loader.cfg, loader.split = torch.device("cpu"), DataConfig("imagenet"), "val"
+    loader.request = LoaderRequest(DataConfig("imagenet"), "val", "cpu")
     rows = [b"7", b"999", b"12\n", b"0"]
     codes = torch.tensor([list(r.ljust(4, b"\0")) for r in rows], dtype=torch.uint8)
     assert loader._labels(codes).tolist() == [7, 999, 12, 0]

@@ -2,6 +2,7 @@
 torchvision-baseline and synthetic loaders on tiny records written here."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from fixtures import write_cifar_records
-from pipelines import AugSpec, DataConfig, build_loader, ops
-from pipelines.plan import EpochPlan, shard_indices
+from pipelines import AugSpec, DataConfig, LoaderRequest, build_loader, ops
+from pipelines.plan import EpochPlan, PlannedLoader, shard_indices
 from pipelines.readers import ShardReader, shard_index, split_positions
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from records import datasets
@@ -296,6 +297,25 @@ def test_shard_reader(tmp_path, with_index):
 def test_build_loader_refuses(tiny_cifar, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_loader(cifar_cfg(tiny_cifar[0]), device="cpu", **kwargs)
+
+
+def test_one_request_sets_every_loaders_batch_and_plan(tiny_cifar):
+    cfg = cifar_cfg(tiny_cifar[0])
+    imagenet = DataConfig(dataset="imagenet", batch_size=8, eval_batch_size=5)
+    assert LoaderRequest(cfg, "train", "cpu").batch_size == 16
+    assert LoaderRequest(cfg, "val", "cpu").batch_size == 7
+    assert LoaderRequest(imagenet, "val", "cpu", eval_mode="tencrop").batch_size == 5
+    assert LoaderRequest(imagenet, "val", "cpu", eval_mode="multiscale", scale=9).batch_size == 1
+    assert LoaderRequest(cfg, "val", "cpu").stored_split == "train"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LoaderRequest(cfg, "val", "cpu").split = "test"
+    for backend in ("native", "torchvision", "synthetic"):
+        cfg = cifar_cfg(tiny_cifar[0], backend)
+        train, val = build_loader(cfg, "train", "cpu"), build_loader(cfg, "val", "cpu")
+        assert isinstance(train, PlannedLoader) and isinstance(val, PlannedLoader)
+        assert (len(train), len(val)) == (100 // 16, -(-20 // 7)), backend
+        train.set_epoch(1, start=len(train) - 1)
+        assert len(list(train)) == 1 and len(list(train)) == len(train), backend
 
 
 def test_build_loader_refuses_imagenet_multiscale_without_scale(tmp_path):
