@@ -125,7 +125,8 @@ def test_normalize_uint8_float_shift_and_layout(tmp_path):
     cfg = DataConfig()
     normalize = ops.Normalize(cfg, "cpu")
     images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
-    mean, std = torch.tensor(datasets.DATASETS["cifar10"].mean).view(3, 1, 1), torch.tensor(datasets.DATASETS["cifar10"].std).view(3, 1, 1)
+    cifar10 = datasets.DATASETS["cifar10"]
+    mean, std = (torch.tensor(stat).view(3, 1, 1) for stat in (cifar10.mean, cifar10.std))
     want = (images.float() / 255 - mean) / std
     out = normalize(images)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
