@@ -28,6 +28,7 @@ from records import datasets
 VERSION = 3
 MANIFEST = "manifest.json"
 INDEX_VERSION = "v1.2"  # DALI's wds2idx text format, read by fn.readers.webdataset
+SAMPLE_BLOCKS, BLOCK = 8, 4096  # a file's sampled digest: 8 blocks of 4 KiB spread over it
 REQUIRED = ("dataset", "version", "formats", "classes", "splits", "files", "checks", "skipped")
 # FFCV's file header (ffcv.types.HeaderType): sample counts without importing ffcv or torch.
 BETON_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"),
@@ -113,6 +114,15 @@ def index_line(key: str, parts: list[tuple[str, int, int]]) -> str:
     return " ".join(f"{ext} {offset} {size} {key}.{ext}" for ext, offset, size in parts)
 
 
+def index_header_count(path: Path) -> int:
+    """The sample count an index's header states (one line read)."""
+    with open(path) as f:
+        header = f.readline().split()
+    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
+        raise RecordsError(f"{path}: not a {INDEX_VERSION} webdataset index")
+    return int(header[1])
+
+
 def parse_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
     """{key: {ext: (offset, size)}} in shard order, checked against the header's count."""
     path = Path(path)
@@ -140,9 +150,7 @@ def make_manifest(*, dataset: str, formats, source, settings: dict, classes: lis
                   fingerprint: str | None = None, **extra) -> dict:
     """A manifest in the current schema. splits: {split: {"count": n, "per_class": [...]}};
     files: {relative path: sha256} of every output (verify re-checks them), found under `root`
-    (the dataset folder), which gives their "checks" (records.check)."""
-    from records.check import file_checks
-
+    (the dataset folder), which gives their "checks" (file_checks)."""
     files = dict(sorted((files or {}).items()))
     if files and root is None:
         raise ValueError("make_manifest: files need root= (the folder holding them)")
@@ -211,6 +219,24 @@ def read_manifest(root: str | Path, dataset: str | None = None) -> dict:
     if dataset is not None and manifest["dataset"] != dataset:
         raise RecordsError(f"{path}: holds {manifest['dataset']!r} but data.dataset={dataset!r}")
     return manifest
+
+
+def sampled_digest(path: str | Path) -> str:
+    """blake2b of the file size and SAMPLE_BLOCKS blocks of BLOCK bytes spread over the file."""
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        for offset in np.linspace(0, max(0, size - BLOCK), SAMPLE_BLOCKS).astype(np.int64):
+            digest.update(os.pread(f.fileno(), BLOCK, int(offset)))
+    return digest.hexdigest()
+
+
+def file_checks(root: str | Path, files) -> dict[str, dict]:
+    """The manifest's "checks": {file: {"size", "sample"}} of the files as they are now (the
+    loaders' cheap check, records/check.py, compares them)."""
+    root = Path(root)
+    return {rel: {"size": (root / rel).stat().st_size, "sample": sampled_digest(root / rel)}
+            for rel in sorted(files)}
 
 
 def sha256_file(path: str | Path) -> str:

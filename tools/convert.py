@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # run as a script: import from the repo root, not
 
 from records import datasets  # noqa: E402
 from records import format as fmt  # noqa: E402
+from records.check import verify  # noqa: E402
 from tools.writers.ffcv import beton_payload  # noqa: E402
-from tools.writers.verify import verify  # noqa: E402,F401  (tools.convert.verify is the API)
 
 # ImageNet defaults: shorter side capped at the largest train scale (480) and the largest
 # multi-scale test side (640). Most ImageNet photos (~500x375) are below both caps and their

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
 
 from records import format as fmt
 
@@ -58,7 +57,3 @@ class ShardWriter:
         shas[self.rel_idx] = self.out.commit(self.rel_idx, tmp_idx, samples=len(self))
         return shas
 
-
-def index_count(path: Path) -> int:
-    """Samples listed by a webdataset index file (checked against its own header)."""
-    return len(fmt.parse_index(path))
