@@ -64,7 +64,7 @@ gpu-check:
 	$(GPU_PY) tools/gpu_check.py $(if $(CIFAR10_TAR),--cifar-tar $(CIFAR10_TAR)) $(ARGS)
 
 gpu-prepare: install
-	$(PY) tools/datasets/photos.py --export-sources build/photo-sources
+	$(PY) tools/converter/photos.py --export-sources build/photo-sources
 
 # The paper's CIFAR-10 table and Figure 6: ResNet-20..110 and plain-20..110 one after another on
 # whatever device there is, resumable (run it again to continue); writes runs/reproduce-cifar/

@@ -109,27 +109,21 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             formats=("arrays", "ffcv"), classes=10,
             mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), image_size=(32, 32),
             max_side=None, counts={"train": 50000, "test": 10000},
-            source="the official python tarball cifar-10-python.tar.gz (omit to download it, "
-                   "md5-checked)", src_var="CIFAR10_SRC", converter="cifar"),
+            source="the official python tarball, cifar-10-python.tar.gz",
+            src_var="CIFAR10_SRC", converter="cifar"),
     Dataset("cifar100", "CIFAR-100", "cifar", stored=("train", "test"),
             served=("train", "val", "test"), report="test", val_held_out=True,
             formats=("arrays", "ffcv"), classes=100,
             mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), image_size=(32, 32),
             max_side=None, counts={"train": 50000, "test": 10000},
-            source="the official python tarball cifar-100-python.tar.gz (omit to download it, "
-                   "md5-checked)", src_var="CIFAR100_SRC", converter="cifar"),
+            source="the official python tarball, cifar-100-python.tar.gz",
+            src_var="CIFAR100_SRC", converter="cifar"),
     Dataset("imagenet", "ImageNet", "imagenet", stored=("train", "val"), served=("train", "val"),
             report="val", val_held_out=False, formats=("webdataset", "ffcv"), classes=1000,
             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), image_size=None,
             max_side=PHOTO_MAX_SIDE, counts={"train": 1281167, "val": 50000},
             source="a folder with the official ILSVRC2012 archives, or with train/<wnid>/ and "
                    "val/", src_var="IMAGENET_SRC", converter="imagenet"),
-    Dataset("folder", "your image folder", "imagenet", stored=("train", "val"),
-            served=("train", "val"), report="val", val_held_out=False,
-            formats=("webdataset", "ffcv"), classes=None, mean=None, std=None, image_size=None,
-            max_side=PHOTO_MAX_SIDE, counts=None,
-            source="a folder with train/<class>/*.{jpg,jpeg,png,webp} (and val/<class>/, else "
-                   "val is held out of train)", src_var="SRC", converter="folder", named=True),
 )}
 
 

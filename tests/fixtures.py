@@ -96,7 +96,7 @@ def digests(images: np.ndarray) -> list[str]:
 def write_cifar_records(folder: Path, arrays: dict, dataset: str = "cifar10") -> Path:
     """folder/<dataset> in the "arrays" format from {split: (uint8 NHWC images, labels)} of
     the stored splits (train, test), with a manifest made by records.format."""
-    from tools.writers.atomic import sha256_file
+    from tools.converter.writers.atomic import sha256_file
 
     root = Path(folder) / dataset
     n_classes = 100 if dataset == "cifar100" else 10
@@ -133,8 +133,8 @@ def write_imagenet_records(folder: Path, splits: dict, shard_size: int = 1000,
                            n_classes: int = 1000) -> Path:
     """folder/imagenet in the "webdataset" format from {split: [(key, JPEG bytes, label)]} for
     train and val, through the converter's ShardWriter, with a manifest."""
-    from tools.writers.atomic import OutputDir
-    from tools.writers.webdataset import ShardWriter
+    from tools.converter.writers.atomic import OutputDir
+    from tools.converter.writers.webdataset import ShardWriter
 
     root = Path(folder) / "imagenet"
     out = OutputDir(root, fingerprint="test fixture")
@@ -288,7 +288,7 @@ def to_records(folder: Path, out: Path) -> Path:
     """Convert an ImageNet folder into the records of every installed format."""
     import importlib.util
 
-    from tools.convert import convert
+    from tools.converter.cli import convert
 
     formats = ["webdataset"] + (["ffcv"] if importlib.util.find_spec("ffcv") else [])
     # Quality 98 for the images FFCV re-encodes, so its ramps stay as clean as the originals.

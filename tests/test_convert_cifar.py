@@ -10,9 +10,10 @@ import pytest
 
 from fixtures import make_cifar_tar, read_beton
 from records import format as fmt
-from tools.convert import convert, main, verify
-from tools.datasets.cifar import UnsafePickleError, download
-from tools.datasets.safe_tar import UnsafeArchiveError
+from records.check import verify
+from tools.converter.cli import convert, main
+from tools.converter.sources.cifar import UnsafePickleError, download
+from tools.converter.sources.safe_tar import UnsafeArchiveError
 
 CIFAR10_TRAIN_MEAN = (0.4914, 0.4822, 0.4465)
 

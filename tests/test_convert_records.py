@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from records import format as records_format
-from tools.datasets.images import BadImage, fit_shorter, prepare
-from tools.writers.atomic import OutputDir
-from tools.writers.webdataset import ShardWriter
+from tools.converter.sources.images import BadImage, fit_shorter, prepare
+from tools.converter.writers.atomic import OutputDir
+from tools.converter.writers.webdataset import ShardWriter
 
 
 def _encoded(img, fmt="JPEG", **kw):
@@ -112,7 +112,7 @@ class _Boom:
 @pytest.mark.ffcv
 @pytest.mark.timeout(120)
 def test_ffcv_worker_error_raises_instead_of_hanging(tmp_path):
-    from tools.writers.ffcv import write_beton
+    from tools.converter.writers.ffcv import write_beton
 
     out = OutputDir(tmp_path / "ds", "fp")
     with pytest.raises(RuntimeError, match=r"FFCV writer failed .*sample 13: ValueError: boom"):

@@ -23,7 +23,7 @@ from records import format as fmt
 # ----------------------------------------------------------------------------- tiny records
 def write_manifest(root, dataset, counts, classes):
     """A manifest listing every file under root."""
-    from tools.writers.atomic import sha256_file
+    from tools.converter.writers.atomic import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
     formats = [datasets.get(dataset).formats[0]]

@@ -11,7 +11,7 @@ from pipelines import DataConfig, build_loader
 from pipelines.readers import ShardReader, shard_index
 from records import check
 from records import format as fmt
-from tools.convert import convert
+from tools.converter.cli import convert
 
 CIFAR_BACKENDS = [pytest.param("native"), pytest.param("torchvision"),
                   pytest.param("dali", marks=pytest.mark.dali),

@@ -6,7 +6,7 @@ and the ImageNet converter against a one-process PIL reference.
   make bench                                      # everything, from nothing but `make install`
   python tools/bench.py [--cifar DIR] [--imagenet DIR] [--smoke] [...]
 
-Without --imagenet it builds an ImageNet-format set from real photos (tools/datasets/photos.py)
+Without --imagenet it builds an ImageNet-format set from real photos (tools/converter/photos.py)
 under --work and converts it (that conversion is the converter benchmark). CIFAR-10 is used when
 converted (--cifar, default data/records/cifar10 if there). Writes
 bench/results/<machine>-<date>.{json,md,png} with the device, versions, load average before and
@@ -144,7 +144,7 @@ def attempt(row: dict, what: str, work) -> dict:
 def photo_records(args, sizes: Sizes, workers: int, notes: list[str]):
     """(records folder, converter comparison) of the generated photo set."""
     from tools.benchmark.conversion import compare
-    from tools.datasets.photos import write_photo_set
+    from tools.converter.photos import write_photo_set
 
     work = Path(args.work)
     n_train = args.photos or sizes.photos
@@ -154,7 +154,7 @@ def photo_records(args, sizes: Sizes, workers: int, notes: list[str]):
     write_photo_set(src, n_train, max(n_train // 10, sizes.classes), sizes.classes,
                     workers=workers, source_folder=args.sources)
     notes.append(f"ImageNet-format set: {n_train} train + {max(n_train // 10, sizes.classes)} "
-                 f"val photos (tools/datasets/photos.py, {time.perf_counter() - t0:.0f} s), "
+                 f"val photos (tools/converter/photos.py, {time.perf_counter() - t0:.0f} s), "
                  "converted below")
     formats = ["webdataset"] + (["ffcv"] if available("ffcv") is None else [])
     print(f"converting ({', '.join(formats)}) ...", flush=True)
