@@ -158,7 +158,7 @@ class ImageNetLoader(_Loader):
     def __init__(self, request: LoaderRequest):
         cfg = request.data
         self.shards = [str(p) for p in shard_paths(cfg, request.split)]
-        self.indexes = [fmt.index_rel(p) for p in self.shards]  # checked by shard_paths
+        self.indexes = [fmt.shard_index_rel(p) for p in self.shards]  # checked by shard_paths
         super().__init__(request, fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset),
                                                   request.split))
 

@@ -18,7 +18,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipelines import ops
 from pipelines.plan import PlannedLoader
-from pipelines.readers import ShardReader, cifar_split, shard_index
+from pipelines.readers import ShardReader, cifar_split, sample_table
 from pipelines.request import LoaderRequest
 
 
@@ -87,7 +87,7 @@ class CifarLoader(PlannedLoader):
 
 class ImageNetLoader(PlannedLoader):
     def __init__(self, request: LoaderRequest):
-        self.reader = ShardReader(shard_index(request.data, request.split))
+        self.reader = ShardReader(sample_table(request.data, request.split))
         super().__init__(request, len(self.reader))
         self.normalize = ops.Normalize(self.cfg, self.device)
         self.workers = max(self.cfg.num_workers, 0)

@@ -1,8 +1,8 @@
 """Reading the records tools/convert.py writes (their layout is records/format.py's).
 
 Shared by every backend: the manifest checked for the backend's format, the CIFAR arrays and the
-fixed train/val hold-out, and the webdataset shard index (byte offsets of each sample's JPEG and
-label) with a thread-safe random-access reader.
+fixed train/val hold-out, and a split's SampleTable (where each sample's JPEG and label lie, from
+the shard indexes) with a thread-safe random-access reader.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def cifar_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- webdataset
 @dataclass(frozen=True)
-class ShardIndex:
+class SampleTable:
     """Where every sample of one split lies: shard file, byte offset/size of its .jpg and .cls
     members (in shard order, then tar order)."""
 
@@ -106,11 +106,11 @@ def shard_paths(cfg: DataConfig, split: str) -> list[Path]:
 
 
 @lru_cache(maxsize=16)
-def _shard_index(shards: tuple[Path, ...], stamp: tuple) -> ShardIndex:
+def _sample_table(shards: tuple[Path, ...], stamp: tuple) -> SampleTable:
     del stamp  # only part of the cache key: a rewritten shard invalidates the cache
     shard_of, keys, columns = [], [], {name: [] for name in ("jo", "js", "co", "cs")}
     for position, path in enumerate(shards):
-        for key, parts in fmt.parse_index(fmt.index_rel(str(path))).items():
+        for key, parts in fmt.read_shard_index(fmt.shard_index_rel(str(path))).items():
             if "jpg" not in parts or "cls" not in parts:
                 raise ValueError(f"{path}: sample {key!r} lacks a .jpg or .cls member "
                                  f"(has {sorted(parts)})")
@@ -119,17 +119,17 @@ def _shard_index(shards: tuple[Path, ...], stamp: tuple) -> ShardIndex:
             for name, value in zip(("jo", "js", "co", "cs"), (*parts["jpg"], *parts["cls"])):
                 columns[name].append(value)
     as64 = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
-    return ShardIndex(tuple(str(p) for p in shards), np.asarray(shard_of, dtype=np.int32),
+    return SampleTable(tuple(str(p) for p in shards), np.asarray(shard_of, dtype=np.int32),
                       tuple(keys), as64["jo"], as64["js"], as64["co"], as64["cs"])
 
 
-def shard_index(cfg: DataConfig, split: str) -> ShardIndex:
-    """The split's ShardIndex (cached per process), from the shards' indexes (their sample
-    counts checked against the manifest by open_records)."""
+def sample_table(cfg: DataConfig, split: str) -> SampleTable:
+    """The split's SampleTable (cached per process), from its shard indexes (their sample counts
+    checked against the manifest by open_records)."""
     shards = tuple(shard_paths(cfg, split))
     stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in shards)
     manifest = fmt.read_manifest(cfg.root, cfg.dataset)
-    return replace(_shard_index(shards, stamp), classes=len(manifest["classes"]),
+    return replace(_sample_table(shards, stamp), classes=len(manifest["classes"]),
                    fix=fmt.fix_command(manifest))
 
 
@@ -137,25 +137,25 @@ class ShardReader:
     """Thread-safe random access to samples: (jpeg bytes, label). Uses pread on one descriptor
     per shard, so worker threads and forked DataLoader workers can share it."""
 
-    def __init__(self, index: ShardIndex):
-        self.index = index
+    def __init__(self, table: SampleTable):
+        self.table = table
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def _fd(self, shard: int) -> int:
         with self._lock:
             if shard not in self._fds:
-                self._fds[shard] = os.open(self.index.shards[shard], os.O_RDONLY)
+                self._fds[shard] = os.open(self.table.shards[shard], os.O_RDONLY)
             return self._fds[shard]
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.table)
 
     def read(self, i: int) -> tuple[bytes, int]:
-        index = self.index
-        fd = self._fd(int(index.shard[i]))
-        jo, js, co, cs = (int(index.jpg_offset[i]), int(index.jpg_size[i]),
-                          int(index.cls_offset[i]), int(index.cls_size[i]))
+        table = self.table
+        fd = self._fd(int(table.shard[i]))
+        jo, js, co, cs = (int(table.jpg_offset[i]), int(table.jpg_size[i]),
+                          int(table.cls_offset[i]), int(table.cls_size[i]))
         start, end = min(jo, co), max(jo + js, co + cs)
         if end - start <= js + cs + 2048:  # neighbours in the tar: one read
             blob = os.pread(fd, end - start, start)
@@ -165,24 +165,24 @@ class ShardReader:
         return jpg, self._label(i, cls)
 
     def _label(self, i: int, cls: bytes) -> int:
-        index = self.index
+        table = self.table
         try:
             label = int(cls.decode("ascii").strip())
         except ValueError:
             label = None
-        if label is None or (index.classes and not 0 <= label < index.classes):
+        if label is None or (table.classes and not 0 <= label < table.classes):
             raise fmt.RecordsError(
-                f"{index.shards[index.shard[i]]}: {index.keys[i]}.cls holds {cls[:20]!r}, not "
-                f"a label in [0, {index.classes}); convert again: {index.fix}")
+                f"{table.shards[table.shard[i]]}: {table.keys[i]}.cls holds {cls[:20]!r}, not "
+                f"a label in [0, {table.classes}); convert again: {table.fix}")
         return label
 
     def labels(self) -> np.ndarray:
         return np.asarray([self.read_label(i) for i in range(len(self))], dtype=np.int64)
 
     def read_label(self, i: int) -> int:
-        index = self.index
-        fd = self._fd(int(index.shard[i]))
-        return self._label(i, os.pread(fd, int(index.cls_size[i]), int(index.cls_offset[i])))
+        table = self.table
+        fd = self._fd(int(table.shard[i]))
+        return self._label(i, os.pread(fd, int(table.cls_size[i]), int(table.cls_offset[i])))
 
     def close(self):
         with self._lock:
@@ -191,7 +191,7 @@ class ShardReader:
             self._fds.clear()
 
     def __getstate__(self):  # pickled into spawned workers: reopen there
-        return {"index": self.index}
+        return {"table": self.table}
 
     def __setstate__(self, state):
-        self.__init__(state["index"])
+        self.__init__(state["table"])

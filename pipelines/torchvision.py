@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines import ops
 from pipelines.plan import EpochPlan, PlannedLoader
-from pipelines.readers import ShardReader, cifar_split, shard_index
+from pipelines.readers import ShardReader, cifar_split, sample_table
 from pipelines.request import LoaderRequest
 from pipelines.spec import AugSpec, dataset_stats
 
@@ -127,7 +127,7 @@ class BaselineLoader(PlannedLoader):
     def __init__(self, request: LoaderRequest):
         cfg = request.data
         if request.imagenet_style:
-            reader = ShardReader(shard_index(cfg, request.split))
+            reader = ShardReader(sample_table(cfg, request.split))
             read, n = _ImageNetRead(reader), len(reader)
         else:
             images, labels = cifar_split(cfg, request.split)

@@ -110,10 +110,10 @@ class Checker:
             if shards is not None and len(tars) != shards:
                 raise self.fail(self.root / folder, f"{len(tars)} shards listed, {fmt.MANIFEST} "
                                                     f"says {shards}")
-            unindexed = [rel for rel in tars if fmt.index_rel(rel) not in rels]
+            unindexed = [rel for rel in tars if fmt.shard_index_rel(rel) not in rels]
             if unindexed:
-                raise self.fail(self.root / unindexed[0], f"a shard without its index "
-                                                          f"{fmt.index_rel(unindexed[0])}")
+                raise self.fail(self.root / unindexed[0], f"a shard without its shard index "
+                                                          f"{fmt.shard_index_rel(unindexed[0])}")
         if not rels:
             raise self.fail(self.root / fmt.shard_folder_rel(split), "no shards listed")
         self.files(rels)
@@ -125,12 +125,15 @@ class Checker:
             self.count(rels[0], fmt.beton_count(self.root / rels[0]), split)
         elif format_name == "webdataset":
             self.count(fmt.shard_folder_rel(split) + "/*.idx",
-                       sum(self.index_count(rel) for rel in rels if rel.endswith(".idx")), split)
+                       sum(self.shard_index_count(rel) for rel in rels if rel.endswith(".idx")),
+                       split)
 
-    def index_count(self, rel: str) -> int:
-        """Samples a shard's index lists: its header (cheap), checked against its lines (full)."""
+    def shard_index_count(self, rel: str) -> int:
+        """Samples a shard index lists: its header (cheap), checked against its lines (full)."""
         path = self.root / rel
-        return len(fmt.parse_index(path)) if self.mode == "full" else fmt.index_header_count(path)
+        if self.mode == "full":
+            return len(fmt.read_shard_index(path))
+        return fmt.shard_index_count(path)
 
     def count(self, rel: str, samples: int, split: str) -> None:
         """`samples` (what the file at `rel` holds) against the manifest's count of `split`."""

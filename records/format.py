@@ -27,7 +27,7 @@ from records import datasets
 # 3: "checks" (size and sampled digest of every file) for the loaders' cheap check.
 VERSION = 3
 MANIFEST = "manifest.json"
-INDEX_VERSION = "v1.2"  # DALI's wds2idx text format, read by fn.readers.webdataset
+SHARD_INDEX_VERSION = "v1.2"  # DALI's wds2idx text format, read by fn.readers.webdataset
 SAMPLE_BLOCKS, BLOCK = 8, 4096  # a file's sampled digest: 8 blocks of 4 KiB spread over it
 REQUIRED = ("dataset", "version", "formats", "classes", "splits", "files", "checks", "skipped")
 # FFCV's file header (ffcv.types.HeaderType): sample counts without importing ffcv or torch.
@@ -84,8 +84,8 @@ def shard_rel(split: str, number: int) -> str:
     return f"{shard_folder_rel(split)}/shard-{number:06d}.tar"
 
 
-def index_rel(tar_rel: str) -> str:
-    """The webdataset index beside a shard."""
+def shard_index_rel(tar_rel: str) -> str:
+    """The shard index beside a shard (.idx)."""
     return tar_rel[: -len(".tar")] + ".idx"
 
 
@@ -102,33 +102,35 @@ def format_of(rel: str) -> str:
     return rel.split("/", 1)[0]
 
 
-# ----------------------------------------------------------------------------- webdataset index
-def index_text(lines: list[str]) -> str:
-    """An index file: header `v1.2 <samples>`, then one line per sample of
-    `<ext> <data offset> <size> <name>` groups (see `index_line`)."""
-    return f"{INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines)
+# ----------------------------------------------------------------------------- shard index
+# A shard index (<shard>.idx) lists where each sample's members lie in its shard, in DALI's
+# wds2idx text format (fn.readers.webdataset's index_paths): no reader scans a tar.
+def shard_index_text(lines: list[str]) -> str:
+    """A shard index: header `v1.2 <samples>`, then one line per sample of
+    `<ext> <data offset> <size> <name>` groups (see `shard_index_line`)."""
+    return f"{SHARD_INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines)
 
 
-def index_line(key: str, parts: list[tuple[str, int, int]]) -> str:
-    """One sample's index line from (ext, data offset, size) of each member."""
+def shard_index_line(key: str, parts: list[tuple[str, int, int]]) -> str:
+    """One sample's line of a shard index from (ext, data offset, size) of each member."""
     return " ".join(f"{ext} {offset} {size} {key}.{ext}" for ext, offset, size in parts)
 
 
-def index_header_count(path: Path) -> int:
-    """The sample count an index's header states (one line read)."""
+def shard_index_count(path: Path) -> int:
+    """The sample count a shard index's header states (one line read)."""
     with open(path) as f:
         header = f.readline().split()
-    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
-        raise RecordsError(f"{path}: not a {INDEX_VERSION} webdataset index")
+    if len(header) != 2 or header[0] != SHARD_INDEX_VERSION or not header[1].isdigit():
+        raise RecordsError(f"{path}: not a {SHARD_INDEX_VERSION} shard index")
     return int(header[1])
 
 
-def parse_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+def read_shard_index(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
     """{key: {ext: (offset, size)}} in shard order, checked against the header's count."""
     path = Path(path)
     lines = path.read_text().splitlines()
-    if not lines or not lines[0].startswith(f"{INDEX_VERSION} "):
-        raise RecordsError(f"{path}: not a {INDEX_VERSION} webdataset index")
+    if not lines or not lines[0].startswith(f"{SHARD_INDEX_VERSION} "):
+        raise RecordsError(f"{path}: not a {SHARD_INDEX_VERSION} shard index")
     members: dict[str, dict[str, tuple[int, int]]] = {}
     for number, line in enumerate(lines[1:], start=2):
         fields = line.split()

@@ -574,7 +574,7 @@ def read_webdataset(folder, batch_size: int = 8) -> list[tuple[str, np.ndarray, 
     from nvidia.dali import fn, pipeline_def, types
 
     tars = sorted(str(p) for p in Path(folder).glob("shard-*.tar"))
-    idx = [fmt.index_rel(t) for t in tars]
+    idx = [fmt.shard_index_rel(t) for t in tars]
 
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None)
     def pipe():

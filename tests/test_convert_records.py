@@ -72,8 +72,8 @@ def test_shard_index_points_at_each_member(tmp_path):
     shas = shard.commit()
     assert set(shas) == {"webdataset/train/shard-000000.tar", "webdataset/train/shard-000000.idx"}
     tar_path, idx_path = (tmp_path / "ds" / rel for rel in sorted(shas, reverse=True))
-    assert len(records_format.parse_index(idx_path)) == 3
-    assert records_format.index_header_count(idx_path) == 3
+    assert len(records_format.read_shard_index(idx_path)) == 3
+    assert records_format.shard_index_count(idx_path) == 3
     raw = tar_path.read_bytes()
     for line, (key, data) in zip(idx_path.read_text().splitlines()[1:], payloads.items()):
         jpg_ext, jpg_off, jpg_size, jpg_name, cls_ext, cls_off, cls_size, cls_name = line.split()

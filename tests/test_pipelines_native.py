@@ -14,7 +14,7 @@ import torch
 from fixtures import write_cifar_records
 from pipelines import AugSpec, DataConfig, LoaderRequest, build_loader, ops
 from pipelines.plan import EpochPlan, PlannedLoader, shard_indices
-from pipelines.readers import ShardReader, shard_index, split_positions
+from pipelines.readers import ShardReader, sample_table, split_positions
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from records import datasets
 from records import format as fmt
@@ -262,8 +262,8 @@ def write_shard(path, samples):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 parts.append((ext, tar.offset - -(-len(data) // 512) * 512, len(data)))
-            lines.append(fmt.index_line(key, parts))
-    path.with_suffix(".idx").write_text(fmt.index_text(lines))
+            lines.append(fmt.shard_index_line(key, parts))
+    path.with_suffix(".idx").write_text(fmt.shard_index_text(lines))
 
 
 def test_shard_reader(tmp_path):
@@ -274,7 +274,7 @@ def test_shard_reader(tmp_path):
     write_shard(root / fmt.shard_rel("val", 1), samples[3:])
     write_manifest(root, "imagenet", {"train": 0, "val": 5}, ["a", "b", "c"])
     cfg = DataConfig(dataset="imagenet", root=str(root))
-    reader = ShardReader(shard_index(cfg, "val"))
+    reader = ShardReader(sample_table(cfg, "val"))
     assert len(reader) == 5
     for i, (_, payload, label) in enumerate(samples):
         assert reader.read(i) == (payload, label)
@@ -282,7 +282,7 @@ def test_shard_reader(tmp_path):
     write_manifest(root, "imagenet", {"train": 0, "val": 6}, ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"webdataset/val/\*.idx: 5 samples, manifest.json says "
                                          r"val has 6; convert again: make dataset-imagenet"):
-        shard_index(cfg, "val")
+        sample_table(cfg, "val")
 
 
 # ----------------------------------------------------------------------------- build_loader

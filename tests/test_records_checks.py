@@ -8,7 +8,7 @@ import pytest
 
 from fixtures import make_cifar_tar, write_cifar_records, write_tiny_cifar, write_tiny_imagenet
 from pipelines import DataConfig, build_loader
-from pipelines.readers import ShardReader, shard_index
+from pipelines.readers import ShardReader, sample_table
 from records import check
 from records import format as fmt
 from tools.converter.cli import convert
@@ -214,7 +214,7 @@ def test_out_of_range_cls_is_refused(tmp_path):
     samples = [(f"k{i}", buffer.getvalue(), label) for i, label in enumerate((0, 1, 1000))]
     root = write_imagenet_records(tmp_path, {"train": samples[:2], "val": samples},
                                   n_classes=1000)
-    reader = ShardReader(shard_index(imagenet_cfg(root), "val"))
+    reader = ShardReader(sample_table(imagenet_cfg(root), "val"))
     assert reader.read(1)[1] == 1
     with pytest.raises(fmt.RecordsError, match=r"shard-000000.tar: k2.cls holds b'1000', not a "
                                                 r"label in \[0, 1000\); convert again"):

@@ -115,7 +115,7 @@ class _FromShards:
         for rel in files:
             if rel.endswith(".idx"):
                 tar = str(out.path(rel[:-len(".idx")] + ".tar"))
-                for key, parts in fmt.parse_index(out.path(rel)).items():
+                for key, parts in fmt.read_shard_index(out.path(rel)).items():
                     where[key] = (tar, *parts["jpg"])
         self.entries = [(*where[item.key], item.label) for item in kept]
 
