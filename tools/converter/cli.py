@@ -138,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
         module = converter(entry)
         formats = ",".join(entry.formats)
         p = sub.add_parser(entry.name, help=f"{entry.title}: {entry.source}",
-                           description=f"Convert {entry.title} into OUT/"
+                           description=f"{entry.title} -> OUT/"
                            f"{'NAME' if entry.named else entry.name}/.",
                            epilog=getattr(module, "HELP", None),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
                        help="an undecodable image is an error instead of a skip")
         p.add_argument("--allow-subset", action="store_true",
                        help="accept fewer images/classes than the official dataset")
-        module.add_arguments(p)
+        module.add_arguments(p, entry)
     p = sub.add_parser("verify", help="re-check a converted folder's sha256s and counts")
     p.add_argument("root", type=Path, help="DIR/<dataset>")
     return top

@@ -19,7 +19,7 @@ from ..writers.ffcv import import_ffcv, write_beton
 NEEDS_SRC = False  # downloads the official tarball
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, dataset: Dataset) -> None:
     """No options beyond the common ones."""
 
 

@@ -23,7 +23,9 @@ from ..writers.image_sets import ImageSettings, SkippedImageWarning, write_image
 
 NEEDS_SRC = True
 JPEG_QUALITY = 90  # FFCV re-encodes every image at this quality; so do the shards when resized
-TRAIN_MAX_SIDE, VAL_MAX_SIDE = (datasets.PHOTO_MAX_SIDE[split] for split in ("train", "val"))
+# The benchmark's defaults (tools/benchmark/conversion.py): the table's caps for ImageNet.
+TRAIN_MAX_SIDE, VAL_MAX_SIDE = (datasets.DATASETS["imagenet"].max_side[split]
+                                for split in ("train", "val"))
 
 HELP = f"""\
 ImageNet: --src is a folder holding either train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (val/ may
@@ -45,23 +47,23 @@ error). Class index = position in sorted WNIDs; without --allow-subset there mus
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, dataset: Dataset) -> None:
     """The options of every image set (imagenet, folder)."""
     parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY)
-    parser.add_argument("--train-max-side", type=int, default=TRAIN_MAX_SIDE,
+    parser.add_argument("--train-max-side", type=int, default=dataset.max_side["train"],
                         help="cap on the shorter side of train images (px)")
-    parser.add_argument("--val-max-side", type=int, default=VAL_MAX_SIDE,
+    parser.add_argument("--val-max-side", type=int, default=dataset.max_side["val"],
                         help="cap on the shorter side of val images (px)")
     parser.add_argument("--shard-size", type=int, default=None,
                         help="images per webdataset shard (default min(1000, N/8))")
 
 
 def convert(dataset: Dataset, src: Path, root: Path, *, formats, workers, strict, allow_subset,
-            jpeg_quality=JPEG_QUALITY, train_max_side=TRAIN_MAX_SIDE,
-            val_max_side=VAL_MAX_SIDE, shard_size=None):
+            jpeg_quality=JPEG_QUALITY, train_max_side=None, val_max_side=None, shard_size=None):
     return convert_imagenet(src, root, formats=formats, workers=workers, strict=strict,
                             allow_subset=allow_subset, jpeg_quality=jpeg_quality,
-                            train_max_side=train_max_side, val_max_side=val_max_side,
+                            train_max_side=train_max_side or dataset.max_side["train"],
+                            val_max_side=val_max_side or dataset.max_side["val"],
                             shard_size=shard_size)
 
 
