@@ -124,6 +124,12 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             max_side=PHOTO_MAX_SIDE, counts={"train": 1281167, "val": 50000},
             source="a folder with the official ILSVRC2012 archives, or with train/<wnid>/ and "
                    "val/", src_var="IMAGENET_SRC", converter="imagenet"),
+    Dataset("folder", "Your image folder", "imagenet", stored=("train", "val"),
+            served=("train", "val"), report="val", val_held_out=False,
+            formats=("webdataset", "ffcv"), classes=None, mean=None, std=None, image_size=None,
+            max_side=PHOTO_MAX_SIDE, counts=None,
+            source="a folder with train/<class>/*.{jpg,jpeg,png,webp} (and val/<class>/, else "
+                   "val is held out of train)", src_var="SRC", converter="folder", named=True),
 )}
 
 
