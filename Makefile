@@ -7,8 +7,7 @@ DATA   ?= data/records
 # Debian packages FFCV compiles and links against at run time (README.md, "Dependencies").
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: install lint test test-fast quickstart reproduce-cifar dataset-cifar10 dataset-cifar100 \
-        dataset-imagenet bench gpu-check gpu-prepare clean
+.PHONY: install lint test test-fast quickstart reproduce-cifar bench gpu-check gpu-prepare clean
 
 install: $(VENV)/.installed
 
@@ -36,14 +35,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-dataset-cifar10: install
-	$(PY) tools/convert.py cifar10 $(if $(CIFAR10_SRC),--src $(CIFAR10_SRC)) --out $(DATA)
-
-dataset-cifar100: install
-	$(PY) tools/convert.py cifar100 $(if $(CIFAR100_SRC),--src $(CIFAR100_SRC)) --out $(DATA)
-
-dataset-imagenet: install
-	$(PY) tools/convert.py imagenet --src $(IMAGENET_SRC) --out $(DATA)
+# Records of any dataset of records/datasets.py: make dataset-NAME plus its source variable,
+# CIFAR10_SRC=... / CIFAR100_SRC=... (empty: download) / IMAGENET_SRC=... / folder: SRC=DIR
+# NAME=NAME. tools/convert.py reads that variable from the environment (make exports it) and
+# says which one to set when it is missing. DATA=DIR: where the records go.
+dataset-%: install
+	$(PY) tools/convert.py $* --out $(DATA)
 
 # The main job: CIFAR-10 records if they are missing (download, or CIFAR10_SRC=...), then
 # ResNet-20 for 900 iterations; prints where the curves and the summary are.

@@ -148,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
                        f"{entry.source}; default: ${entry.src_var}"
                        + ("" if module.NEEDS_SRC else ", else the official one, downloaded "
                           "(md5-checked)"))
-        p.add_argument("--out", type=Path, required=True, help="writes OUT/<dataset>/")
+        p.add_argument("--out", type=Path, required=True,
+                       help=f"writes OUT/{'NAME' if entry.named else entry.name}/")
         p.add_argument("--formats", default=formats,
                        help=f"comma list of {formats} (default: all); a rerun with fewer "
                        "formats DELETES the records of the others")

@@ -184,15 +184,20 @@ def download(dataset: str, dest_dir: Path, url: str | None = None) -> Path:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(
             f"could not download {dataset} from {url} ({err}); download "
-            f"{Path(fmt.url).name} yourself and pass it with --src PATH"
+            f"{Path(fmt.url).name} yourself and pass it: {_pass_it(dataset)}"
         ) from None
     md5 = _md5(tmp)
     if md5 != fmt.md5:
         tmp.unlink()
-        raise RuntimeError(f"{url}: md5 {md5} != official {fmt.md5}; pass a local tarball "
-                           "with --src PATH")
+        raise RuntimeError(f"{url}: md5 {md5} != official {fmt.md5}; pass a local tarball: "
+                           f"{_pass_it(dataset)}")
     tmp.replace(dest)
     return dest
+
+
+def _pass_it(dataset: str) -> str:
+    """How to give the converter a tarball, with make and without."""
+    return f"{datasets.get(dataset).make_target(src='PATH')} (or --src PATH)"
 
 
 def _md5(path: Path) -> str:
