@@ -49,6 +49,8 @@ from train.schedule import EarlyStopper, LRSchedule, build_optimizer
 from train.setup import model_for, precision
 
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "nonfinite": 1, "interrupted": 130}
+
+
 def overall(metrics: dict | None) -> dict | None:
     """The metrics without the per-class accuracies (those go to summary.json once)."""
     return metrics and {k: v for k, v in metrics.items() if k != "per_class_accuracy"}
