@@ -99,25 +99,24 @@ class Dataset:
         return command + (f" NAME={name or '...'}" if self.named else "")
 
 
+def _cifar(name: str, title: str, classes: int, mean, std) -> Dataset:
+    """CIFAR-10 and CIFAR-100 differ in these only."""
+    tarball = f"cifar-{name.removeprefix('cifar')}-python.tar.gz"
+    return Dataset(name, title, "cifar", stored=("train", "test"),
+                   served=("train", "val", "test"), report="test", val_held_out=True,
+                   formats=("arrays", "ffcv"), classes=classes, mean=mean, std=std,
+                   image_size=(32, 32), max_side=None, counts={"train": 50000, "test": 10000},
+                   source=f"the official python tarball, {tarball}",
+                   src_var=f"{name.upper()}_SRC", converter="cifar")
+
+
 # ImageNet: shorter side capped at the largest train scale (480) and the largest multi-scale test
 # side (640). Most ImageNet photos (~500x375) are below both caps and keep their original JPEG.
 PHOTO_MAX_SIDE = {"train": 480, "val": 640}
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("cifar10", "CIFAR-10", "cifar", stored=("train", "test"),
-            served=("train", "val", "test"), report="test", val_held_out=True,
-            formats=("arrays", "ffcv"), classes=10,
-            mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), image_size=(32, 32),
-            max_side=None, counts={"train": 50000, "test": 10000},
-            source="the official python tarball, cifar-10-python.tar.gz",
-            src_var="CIFAR10_SRC", converter="cifar"),
-    Dataset("cifar100", "CIFAR-100", "cifar", stored=("train", "test"),
-            served=("train", "val", "test"), report="test", val_held_out=True,
-            formats=("arrays", "ffcv"), classes=100,
-            mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), image_size=(32, 32),
-            max_side=None, counts={"train": 50000, "test": 10000},
-            source="the official python tarball, cifar-100-python.tar.gz",
-            src_var="CIFAR100_SRC", converter="cifar"),
+    _cifar("cifar10", "CIFAR-10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    _cifar("cifar100", "CIFAR-100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     Dataset("imagenet", "ImageNet", "imagenet", stored=("train", "val"), served=("train", "val"),
             report="val", val_held_out=False, formats=("webdataset", "ffcv"), classes=1000,
             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), image_size=None,

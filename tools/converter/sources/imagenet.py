@@ -143,15 +143,21 @@ class Lister:
     def image_ext(self, name: str) -> bool:
         return PurePosixPath(name).suffix.lower() in self.exts
 
+    def entries(self, folder: Path):
+        """(entry, path relative to the source, why its link cannot be followed or None) of a
+        folder, sorted by name; hidden entries are listed skips."""
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            rel = Path(entry.path).relative_to(self.src).as_posix()
+            if entry.name.startswith("."):
+                self.skip(rel, "hidden entry ignored")
+            else:
+                yield entry, rel, _link_problem(entry.path) if entry.is_symlink() else None
+
     def folder(self, folder: Path) -> list[tuple]:
         """Image files of one class folder, sorted by name."""
         out = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            rel = Path(entry.path).relative_to(self.src).as_posix()
-            link = _link_problem(entry.path) if entry.is_symlink() else None
-            if entry.name.startswith("."):
-                self.skip(rel, "hidden entry ignored")
-            elif link:
+        for entry, rel, link in self.entries(folder):
+            if link:
                 self.skip(rel, link)
             elif entry.is_dir():
                 self.skip(rel, "nested folder ignored")
@@ -165,12 +171,8 @@ class Lister:
 
     def class_folders(self, root: Path) -> dict[str, list[tuple]]:
         classes = {}
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            rel = Path(entry.path).relative_to(self.src).as_posix()
-            link = _link_problem(entry.path) if entry.is_symlink() else None
-            if entry.name.startswith("."):
-                self.skip(rel, "hidden entry ignored")
-            elif link:
+        for entry, rel, link in self.entries(root):
+            if link:
                 raise ValueError(f"{entry.path}: a class folder that is a {link}")
             elif not entry.is_dir():
                 self.skip(rel, "not a class folder")
