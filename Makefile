@@ -7,8 +7,7 @@ DATA   ?= data/records
 # Debian packages FFCV compiles and links against at run time (README.md, "Dependencies").
 FFCV_DEBS := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: install lint test test-fast quickstart reproduce-cifar dataset-cifar10 dataset-cifar100 \
-        dataset-imagenet bench gpu-check gpu-prepare clean
+.PHONY: install lint test test-fast quickstart reproduce-cifar bench gpu-check gpu-prepare clean
 
 install: $(VENV)/.installed
 
@@ -36,14 +35,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-dataset-cifar10: install
-	$(PY) tools/convert.py cifar10 $(if $(CIFAR10_SRC),--src $(CIFAR10_SRC)) --out $(DATA)
-
-dataset-cifar100: install
-	$(PY) tools/convert.py cifar100 $(if $(CIFAR100_SRC),--src $(CIFAR100_SRC)) --out $(DATA)
-
-dataset-imagenet: install
-	$(PY) tools/convert.py imagenet --src $(IMAGENET_SRC) --out $(DATA)
+# Records of any dataset of records/datasets.py: make dataset-NAME plus its source variable,
+# CIFAR10_SRC=... / CIFAR100_SRC=... (empty: download) / IMAGENET_SRC=... / folder: SRC=DIR
+# NAME=NAME. tools/convert.py reads that variable from the environment (make exports it) and
+# says which one to set when it is missing. DATA=DIR: where the records go.
+dataset-%: install
+	$(PY) tools/convert.py $* --out $(DATA)
 
 # The main job: CIFAR-10 records if they are missing (download, or CIFAR10_SRC=...), then
 # ResNet-20 for 900 iterations in runs/quickstart; prints where the curves and the summary are.
@@ -64,7 +61,7 @@ gpu-check:
 	$(GPU_PY) tools/gpu_check.py $(if $(CIFAR10_TAR),--cifar-tar $(CIFAR10_TAR)) $(ARGS)
 
 gpu-prepare: install
-	$(PY) tools/datasets/photos.py --export-sources build/photo-sources
+	$(PY) tools/converter/photos.py --export-sources build/photo-sources
 
 # The paper's CIFAR-10 table and Figure 6: ResNet-20..110 and plain-20..110 one after another on
 # whatever device there is, resumable (run it again to continue); writes runs/reproduce-cifar/

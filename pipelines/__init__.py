@@ -1,51 +1,29 @@
 """Data pipelines behind one contract: `build_loader(data_cfg, split, device, ...)`.
 
-Every backend module (pipelines/<backend>.py, named after its data.backend key) exposes
-`build(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)` and returns a loader
-that yields normalized (images, labels) on `device`, has `len()` and `set_epoch(epoch, start=0)`.
-Backends are imported lazily so a missing FFCV/DALI only matters when it is asked for.
+`build_loader` turns its arguments into one `LoaderRequest` (pipelines/request.py), checked
+once, and hands it to the backend module named by data.backend (pipelines/<backend>.py), whose
+`build(request)` returns a loader (a plan.PlannedLoader) that yields normalized (images, labels)
+on the device, has `len()` and `set_epoch(epoch, start=0)`. Backends are imported lazily so a
+missing FFCV/DALI only matters when it is asked for.
 """
 from __future__ import annotations
 
 import importlib
 
-import torch
-
+from pipelines.request import LoaderRequest
 from pipelines.spec import (
     BACKENDS,
-    EVAL_MODES,
     AugSpec,
     DataConfig,
-    check_split,
+    class_names,
     dataset_stats,
     num_classes,
     report_split,
     selection_split,
 )
 
-__all__ = ["build_loader", "AugSpec", "DataConfig", "dataset_stats", "num_classes",
-           "report_split", "selection_split"]
-
-
-def check_request(data_cfg: DataConfig, split: str, rank: int, world_size: int,
-                  eval_mode: str, scale: int | None) -> None:
-    """Validate a loader request."""
-    check_split(data_cfg.dataset, split)
-    if eval_mode not in EVAL_MODES:
-        raise ValueError(f"eval_mode={eval_mode!r}: expected one of {', '.join(EVAL_MODES)}")
-    if split == "train" and eval_mode != "center":
-        raise ValueError(f"eval_mode={eval_mode!r} applies to eval splits, not to split='train'")
-    if eval_mode != "center" and data_cfg.dataset != "imagenet":
-        raise ValueError(f"eval_mode={eval_mode!r} is ImageNet-only; {data_cfg.dataset} "
-                         "evaluates the image as it is (eval_mode='center')")
-    if eval_mode == "multiscale":
-        if not isinstance(scale, int) or isinstance(scale, bool) or scale <= 0:
-            raise ValueError(f"eval_mode='multiscale' needs scale=<positive int shorter side>, "
-                             f"got scale={scale!r}")
-    elif scale is not None:
-        raise ValueError(f"scale={scale!r} is only used with eval_mode='multiscale'")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+__all__ = ["build_loader", "AugSpec", "DataConfig", "LoaderRequest", "class_names",
+           "dataset_stats", "num_classes", "report_split", "selection_split"]
 
 
 def backend_module(backend: str):
@@ -65,6 +43,5 @@ def backend_module(backend: str):
 def build_loader(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
                  seed: int = 0, eval_mode: str = "center", scale: int | None = None):
     """The loader of `data_cfg.backend` for `split` (see the pipelines contract in this package)."""
-    check_request(data_cfg, split, rank, world_size, eval_mode, scale)
-    return backend_module(data_cfg.backend).build(data_cfg, split, torch.device(device), rank,
-                                                  world_size, seed, eval_mode, scale)
+    request = LoaderRequest(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
+    return backend_module(data_cfg.backend).build(request)

@@ -26,20 +26,17 @@ from nvidia.dali import fn, math, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipelines import ops
-from pipelines.plan import EpochPlan
+from pipelines.plan import EpochPlan, PlannedLoader
 from pipelines.readers import cifar_split, shard_paths
+from pipelines.request import LoaderRequest
 from pipelines.spec import DataConfig, dataset_stats
 from records import format as fmt
 
 SHUFFLE_BUFFER = 4096  # samples in the webdataset reader's shuffle buffer (encoded JPEGs)
 
 
-def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
-          seed: int = 0, eval_mode: str = "center", scale: int | None = None):
-    device = torch.device(device)
-    if data_cfg.dataset == "imagenet":
-        return ImageNetLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
-    return CifarLoader(data_cfg, split, device, rank, world_size, seed)
+def build(request: LoaderRequest):
+    return ImageNetLoader(request) if request.imagenet_style else CifarLoader(request)
 
 
 def device_id(device: torch.device) -> int | None:
@@ -116,15 +113,14 @@ def crop_position(offset, free):
     return fn.cast(offset / math.max(free, 1.0), dtype=types.FLOAT)
 
 
-class _Loader:
+class _Loader(PlannedLoader):
     """A fresh DALI pipeline per pass; DALI's outputs turned into the contract's batches."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device, rank: int, seed: int):
-        self.cfg, self.aug, self.device, self.rank, self.seed = cfg, cfg.aug, device, rank, seed
-        self.device_id = device_id(device)
-        self.threads = max(1, cfg.num_workers)
-        self.mean_image = ops.Normalize(cfg, device) if cfg.aug.mean_image else None
-        self.dtype = ops.DTYPES[cfg.dtype]
+    def __init__(self, request: LoaderRequest, samples: int):
+        super().__init__(request, samples)
+        self.device_id = device_id(self.device)
+        self.threads = max(1, self.cfg.num_workers)
+        self.mean_image = ops.Normalize(self.cfg, self.device) if self.aug.mean_image else None
 
     def _pipeline_seed(self, epoch: int) -> int:
         return ops.mix_seed(self.seed, epoch, self.rank) % (2 ** 31)
@@ -140,59 +136,45 @@ class _Loader:
         data = data.to(self.device, non_blocking=True)
         if self.mean_image is not None:
             return self.mean_image(data)
-        flat = data.flatten(0, 1) if data.dim() == 5 else data  # tencrop (B, 10, 3, H, W)
-        flat = ops.finish(flat, self.dtype, self.cfg.channels_last)
-        return flat.unflatten(0, data.shape[:2]) if data.dim() == 5 else flat
+        return ops.to_dtype_and_layout(data, self.request.dtype, self.cfg.channels_last)
+
+
+class ReaderPlan(EpochPlan):
+    """The plan of fn.readers.webdataset, which shards a split itself: rank r reads samples
+    [n * r // k, n * (r + 1) // k); in training every rank stops after the smallest share's
+    full batches. Only len(), the epoch and the start batch are used."""
+
+    def __len__(self) -> int:
+        n, k = self.n, self.world_size
+        shares = [n * (r + 1) // k - n * r // k for r in range(k)]
+        if self.drop_last:
+            return min(shares) // self.batch_size
+        return -(-shares[self.rank] // self.batch_size)
 
 
 class ImageNetLoader(_Loader):
-    def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, seed: int, eval_mode: str, scale: int | None):
-        super().__init__(cfg, device, rank, seed)
-        self.split = split
-        self.train, self.eval_mode, self.scale = self.split == "train", eval_mode, scale
-        self.world_size, self.epoch, self.start = world_size, 0, 0
-        self.shards = [str(p) for p in shard_paths(cfg, split)]
-        self.indexes = [fmt.index_rel(p) for p in self.shards]
-        for index in self.indexes:
-            with open(index, "rb"):  # a clear error now rather than inside DALI later
-                pass
-        count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), split)
-        self.batch = cfg.batch_size if self.train else cfg.eval_batch_size
-        if eval_mode == "multiscale":
-            self.batch = 1  # whole images of varying aspect ratio
-        # DALI's shard r is samples [count * r // k, count * (r + 1) // k).
-        shares = [count * (r + 1) // world_size - count * r // world_size
-                  for r in range(world_size)]
-        if self.train:
-            self.length = min(shares) // self.batch
-            if self.length == 0:
-                raise ValueError(f"{count} samples over {world_size} rank(s) make no full "
-                                 f"batch of {self.batch}; lower data.batch_size")
-        else:
-            self.length = -(-shares[rank] // self.batch)
+    plan_class = ReaderPlan
 
-    def __len__(self) -> int:
-        return self.length
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if epoch < 0 or not 0 <= start <= len(self):
-            raise ValueError(f"set_epoch(epoch={epoch}, start={start}): need epoch >= 0 and "
-                             f"0 <= start <= {len(self)} batches")
-        self.epoch, self.start = int(epoch), int(start)
+    def __init__(self, request: LoaderRequest):
+        cfg = request.data
+        self.shards = [str(p) for p in shard_paths(cfg, request.split)]
+        self.indexes = [fmt.shard_index_rel(p) for p in self.shards]  # checked by shard_paths
+        super().__init__(request, fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset),
+                                                  request.split))
 
     def _pipeline(self):
 
         aug, train, gpu = self.aug, self.train, self.device_id is not None
-        shard = (self.rank + self.epoch) % self.world_size if train else self.rank
+        world_size, epoch = self.request.world_size, self.plan.epoch
+        shard = (self.rank + epoch) % world_size if train else self.rank
 
-        @pipeline_def(batch_size=self.batch, num_threads=self.threads,
-                      device_id=self.device_id, seed=self._pipeline_seed(self.epoch))
+        @pipeline_def(batch_size=self.plan.batch_size, num_threads=self.threads,
+                      device_id=self.device_id, seed=self._pipeline_seed(epoch))
         def pipe():
             jpegs, labels = fn.readers.webdataset(
                 paths=self.shards, index_paths=self.indexes, ext=["jpg", "cls"],
                 missing_component_behavior="error", shard_id=shard,
-                num_shards=self.world_size, stick_to_shard=True, random_shuffle=train,
+                num_shards=world_size, stick_to_shard=True, random_shuffle=train,
                 initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name="Reader")
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
                                        output_type=types.RGB)
@@ -226,7 +208,7 @@ class ImageNetLoader(_Loader):
         return pipe()
 
     def __iter__(self):
-        start, self.start = self.start, 0
+        start, self.plan.start = self.plan.start, 0
         if start >= len(self):
             return
         pipe = self._pipeline()
@@ -254,7 +236,7 @@ class ImageNetLoader(_Loader):
         bad = ~((digit | blank).all(1) & digit.any(1))
         if bool(bad.any()):
             row = codes[int(bad.nonzero()[0, 0])]
-            raise ValueError(f"{self.cfg.root}/{fmt.shard_folder_rel(self.split)}: a .cls "
+            raise ValueError(f"{self.cfg.root}/{fmt.shard_folder_rel(self.request.split)}: a .cls "
                              f"member is not a class "
                              f"index: {bytes(row[row > 0].tolist())!r}")
         value = torch.zeros(len(codes), dtype=torch.int64)
@@ -264,20 +246,9 @@ class ImageNetLoader(_Loader):
 
 
 class CifarLoader(_Loader):
-    def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, seed: int):
-        super().__init__(cfg, device, rank, seed)
-        self.train = split == "train"
-        self.images, self.labels = cifar_split(cfg, split)
-        batch = cfg.batch_size if self.train else cfg.eval_batch_size
-        self.plan = EpochPlan(len(self.labels), batch, rank, world_size, seed,
-                              shuffle=self.train, drop_last=self.train)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.plan.set_epoch(epoch, start)
+    def __init__(self, request: LoaderRequest):
+        self.images, self.labels = cifar_split(request.data, request.split)
+        super().__init__(request, len(self.labels))
 
     def _pipeline(self, source):
 

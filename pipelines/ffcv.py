@@ -45,14 +45,9 @@ from ffcv.reader import Reader  # noqa: E402
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage  # noqa: E402
 
 from pipelines import ops  # noqa: E402
-from pipelines.plan import EpochPlan  # noqa: E402
-from pipelines.readers import (  # noqa: E402
-    checker,
-    cifar_source_split,
-    cifar_split_indices,
-    open_records,
-)
-from pipelines.spec import DataConfig  # noqa: E402
+from pipelines.plan import PlannedLoader  # noqa: E402
+from pipelines.readers import checker, open_records, split_positions  # noqa: E402
+from pipelines.request import LoaderRequest  # noqa: E402
 from records import format as fmt  # noqa: E402
 
 torch.set_num_threads(_threads)
@@ -70,10 +65,8 @@ JPG = IMAGE_MODES["jpg"]
 DECODE_BUDGET = 256 << 20  # bytes of eval decode buffers per batch (whole images of any size)
 
 
-def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
-          seed: int = 0, eval_mode: str = "center", scale: int | None = None):
-    return FFCVLoader(data_cfg, split, torch.device(device), rank, world_size, seed, eval_mode,
-                      scale)
+def build(request: LoaderRequest):
+    return FFCVLoader(request)
 
 
 # ----------------------------------------------------------------------------- decoders
@@ -178,9 +171,10 @@ class WholeImageDecoder(SimpleRGBImageDecoder):
 
 
 # ----------------------------------------------------------------------------- loader
-def _beton(cfg: DataConfig, split: str) -> tuple[Path, int]:
-    """(path, sample count) of the .beton that `split` reads, checked against the manifest."""
-    source = split if cfg.dataset == "imagenet" else cifar_source_split(split)
+def _beton(request: LoaderRequest) -> tuple[Path, int]:
+    """(path, sample count) of the .beton that the request's split reads, checked against the
+    manifest (records/check.py: its size, sampled digest and sample count)."""
+    cfg, source = request.data, request.stored_split
     manifest = open_records(cfg, "ffcv", source)
     return Path(cfg.root) / fmt.beton_rel(source), fmt.split_count(manifest, source)
 
@@ -191,42 +185,35 @@ def set_order(loader: Loader, order: np.ndarray) -> None:
     loader.traversal_order.indices = order
 
 
-class FFCVLoader:
-    def __init__(self, cfg: DataConfig, split: str, device: torch.device, rank: int,
-                 world_size: int, seed: int, eval_mode: str, scale: int | None):
+class FFCVLoader(PlannedLoader):
+    def __init__(self, request: LoaderRequest):
         # FFCV sets torch's thread count per Loader and per epoch: keep the caller's.
         self.torch_threads = torch.get_num_threads()
-        self.cfg, self.aug, self.device = cfg, cfg.aug, device
-        self.rank, self.seed, self.eval_mode, self.scale = rank, seed, eval_mode, scale
-        self.train = split == "train"
-        self.imagenet = cfg.dataset == "imagenet"
-        self.per_image = eval_mode == "multiscale"
-        path, count = _beton(cfg, split)
+        cfg, device = request.data, request.device
+        self.imagenet = request.imagenet_style
+        self.per_image = request.eval_mode == "multiscale"
+        path, count = _beton(request)
         reader = Reader(str(path))
         if sorted(reader.field_names) != ["image", "label"]:
             raise ValueError(f"{path}: fields {reader.field_names}, expected image and label")
-        if reader.num_samples != count:
-            raise ValueError(f"{path}: {reader.num_samples} samples, manifest.json says {count}")
         checker(cfg, fmt.read_manifest(cfg.root)).labels(
-            reader.metadata[f"f{reader.field_names.index('label')}"], path,
-            split if self.imagenet else cifar_source_split(split))
+            reader.metadata[f"f{reader.field_names.index('label')}"], path, request.stored_split)
         meta = reader.metadata[f"f{reader.field_names.index('image')}"]
         heights, widths = meta["height"].astype(np.int64), meta["width"].astype(np.int64)
 
-        # The split's sample ids (CIFAR: the train/val hold-out); the rank's plan over them.
-        self.ids = (np.arange(count, dtype=np.int64) if self.imagenet
-                    else cifar_split_indices(cfg, split, n_train=count))
-        batch = cfg.batch_size if self.train else cfg.eval_batch_size
+        # FFCV's read batch: multi-scale reads eval batches and yields their images one by one.
+        batch = cfg.eval_batch_size if self.per_image else request.batch_size
         self.decoder = SimpleRGBImageDecoder()
-        if self.imagenet and self.train:
-            self.decoder = ScaleCropDecoder(self.aug.crop, self.aug.scale_min,
-                                            self.aug.scale_max)
+        if self.imagenet and request.train:
+            aug = request.aug
+            self.decoder = ScaleCropDecoder(aug.crop, aug.scale_min, aug.scale_max)
         elif self.imagenet:
             self.decoder = WholeImageDecoder()
             self.sizes = np.stack([heights, widths], axis=1)
             batch = max(1, min(batch, DECODE_BUDGET // int(3 * heights.max() * widths.max())))
-        self.plan = EpochPlan(len(self.ids), 1 if self.per_image else batch, rank, world_size,
-                              seed, shuffle=self.train, drop_last=self.train)
+        # The split's sample ids (CIFAR: the train/val hold-out); the rank's plan over them.
+        self.ids = split_positions(cfg, request.split, stored_count=count)
+        super().__init__(request, len(self.ids), batch_size=1 if self.per_image else batch)
 
         image_ops = [self.decoder, ToTensor()]
         if not isinstance(self.decoder, WholeImageDecoder):  # whole images: viewed on the host
@@ -239,12 +226,6 @@ class FFCVLoader:
             pipelines={"image": image_ops, "label": [IntDecoder(), ToTensor()]})
         torch.set_num_threads(self.torch_threads)
         self.normalize = ops.Normalize(cfg, device)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.plan.set_epoch(epoch, start)
 
     def __iter__(self):
         planned = list(self.plan.batches())

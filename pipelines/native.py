@@ -17,28 +17,13 @@ import numpy as np
 import torch
 
 from pipelines import decode, ops, resample
-from pipelines.plan import EpochPlan
-from pipelines.readers import ShardReader, cifar_split, shard_index
-from pipelines.spec import DataConfig
+from pipelines.plan import PlannedLoader
+from pipelines.readers import ShardReader, cifar_split, sample_table
+from pipelines.request import LoaderRequest
 
 
-def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
-          seed: int = 0, eval_mode: str = "center", scale: int | None = None):
-    if data_cfg.dataset == "imagenet":
-        return ImageNetLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
-    return CifarLoader(data_cfg, split, device, rank, world_size, seed)
-
-
-class _Loader:
-    """len() and set_epoch() from the EpochPlan."""
-
-    plan: EpochPlan
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.plan.set_epoch(epoch, start)
+def build(request: LoaderRequest):
+    return ImageNetLoader(request) if request.imagenet_style else CifarLoader(request)
 
 
 def _one_thread() -> None:
@@ -69,20 +54,15 @@ def run_ahead(calls, workers: int):
                 future.cancel()
 
 
-class CifarLoader(_Loader):
-    def __init__(self, cfg: DataConfig, split: str, device, rank: int, world_size: int,
-                 seed: int):
-        self.cfg, self.device, self.rank, self.seed = cfg, torch.device(device), rank, seed
-        self.train = split == "train"
-        images, labels = cifar_split(cfg, split)
-        self.pad = cfg.aug.pad if self.train else 0
+class CifarLoader(PlannedLoader):
+    def __init__(self, request: LoaderRequest):
+        images, labels = cifar_split(request.data, request.split)
+        super().__init__(request, len(labels))
+        self.pad = self.aug.pad if self.train else 0
         self.size = images.shape[1:3]
         self.store = ops.pixel_store(torch.from_numpy(images).to(self.device), self.pad)  # NHWC
         self.labels = torch.from_numpy(labels).to(self.device)
-        batch = cfg.batch_size if self.train else cfg.eval_batch_size
-        self.plan = EpochPlan(len(labels), batch, rank, world_size, seed,
-                              shuffle=self.train, drop_last=self.train)
-        self.normalize = ops.Normalize(cfg, self.device)
+        self.normalize = ops.Normalize(self.cfg, self.device)
 
     def __iter__(self):
         epoch = self.plan.epoch
@@ -112,20 +92,12 @@ def batched_geometry(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-class ImageNetLoader(_Loader):
-    def __init__(self, cfg: DataConfig, split: str, device, rank: int, world_size: int,
-                 seed: int, eval_mode: str, scale: int | None):
-        self.cfg, self.aug, self.device = cfg, cfg.aug, torch.device(device)
-        self.rank, self.seed, self.eval_mode, self.scale = rank, seed, eval_mode, scale
-        self.train = split == "train"
-        self.reader = ShardReader(shard_index(cfg, split))
-        batch = cfg.batch_size if self.train else cfg.eval_batch_size
-        if eval_mode == "multiscale":
-            batch = 1  # whole images of varying aspect ratio
-        self.plan = EpochPlan(len(self.reader), batch, rank, world_size, seed,
-                              shuffle=self.train, drop_last=self.train)
-        self.normalize = ops.Normalize(cfg, self.device)
-        self.workers = max(cfg.num_workers, 0)
+class ImageNetLoader(PlannedLoader):
+    def __init__(self, request: LoaderRequest):
+        self.reader = ShardReader(sample_table(request.data, request.split))
+        super().__init__(request, len(self.reader))
+        self.normalize = ops.Normalize(self.cfg, self.device)
+        self.workers = max(self.cfg.num_workers, 0)
         self.batched = batched_geometry(self.device)
         self.order = decode.ordering(self.device)  # CUDA: a stream per loader thread
 

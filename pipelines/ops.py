@@ -241,13 +241,18 @@ class Normalize:
             if shift is not None:
                 bias = bias + shift.view(-1, 3, 1, 1) / self.std
             out = torch.addcmul(bias, flat.float(), self.scale)
-        out = finish(out, self.dtype, self.channels_last)
+        out = to_dtype_and_layout(out, self.dtype, self.channels_last)
         return out.unflatten(0, images.shape[:2]) if images.dim() == 5 else out
 
 
-def finish(images: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
-    """Cast and lay out a (B, 3, H, W) batch as the training loop wants it."""
+def to_dtype_and_layout(images: torch.Tensor, dtype: torch.dtype,
+                        channels_last: bool) -> torch.Tensor:
+    """A (B, 3, H, W) batch, or each crop of a (B, K, 3, H, W) one (ten crops), cast to `dtype`
+    and laid out channels_last or contiguous, as the training loop wants it."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    if images.dim() == 5:
+        flat = images.flatten(0, 1).to(dtype=dtype, memory_format=layout)
+        return flat.unflatten(0, images.shape[:2])
     return images.to(dtype=dtype, memory_format=layout)
 
 

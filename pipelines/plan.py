@@ -1,10 +1,12 @@
 """The per-epoch, per-rank sample plan every backend follows: `EpochPlan` turns (n, batch size,
-rank, world size, seed, epoch, start) into the batches one rank reads."""
+rank, world size, seed, epoch, start) into the batches one rank reads; `PlannedLoader`, the base
+of every backend's loader, owns it with the loader's request (len() and set_epoch)."""
 from __future__ import annotations
 
 import numpy as np
 
 from pipelines.ops import epoch_permutation
+from pipelines.request import LoaderRequest
 
 
 def shard_indices(n: int, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool,
@@ -62,3 +64,36 @@ class EpochPlan:
         self.start = 0
         for number in range(start, len(self)):
             yield number, order[number * size:(number + 1) * size]
+
+
+class PlannedLoader:
+    """The base of every loader: its request, and the plan of its rank's batches, which gives
+    len() (batches per epoch) and set_epoch(epoch, start) (the epoch's order, and the batch a
+    resumed epoch begins with). A backend adds only what is its own: reading, decoding and
+    augmenting, in `__iter__` over `self.plan.batches()`."""
+
+    plan_class = EpochPlan
+
+    def __init__(self, request: LoaderRequest, samples: int, batch_size: int | None = None):
+        """batch_size: the request's unless the backend batches otherwise (FFCV's eval decode
+        buffers)."""
+        self.request = request
+        self.plan = self.plan_class(samples, batch_size or request.batch_size, request.rank,
+                                    request.world_size, request.seed, shuffle=request.train,
+                                    drop_last=request.train)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.plan.set_epoch(epoch, start)
+
+    # The request's fields, read-only, under the names the backends use.
+    cfg = property(lambda self: self.request.data)
+    aug = property(lambda self: self.request.aug)
+    device = property(lambda self: self.request.device)
+    rank = property(lambda self: self.request.rank)
+    seed = property(lambda self: self.request.seed)
+    train = property(lambda self: self.request.train)
+    eval_mode = property(lambda self: self.request.eval_mode)
+    scale = property(lambda self: self.request.scale)

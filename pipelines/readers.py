@@ -1,13 +1,12 @@
 """Reading the records tools/convert.py writes (their layout is records/format.py's).
 
 Shared by every backend: the manifest checked for the backend's format, the CIFAR arrays and the
-fixed train/val hold-out, and the webdataset shard index (byte offsets of each sample's JPEG and
-label) with a thread-safe random-access reader.
+fixed train/val hold-out, and a split's SampleTable (where each sample's JPEG and label lie, from
+the shard indexes) with a thread-safe random-access reader.
 """
 from __future__ import annotations
 
 import os
-import tarfile
 import threading
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.spec import DataConfig
+from records import datasets
 from records import format as fmt
 from records.check import Checker
 
@@ -47,35 +47,23 @@ def missing(path: Path, cfg: DataConfig) -> FileNotFoundError:
     """The error for a records file the manifest promises but the folder lacks."""
     return FileNotFoundError(
         f"{path}: missing (data.backend={cfg.backend!r} reads the "
-        f"{fmt.backend_format(cfg.dataset, cfg.backend)!r} records); convert again: "
-        f"{fmt.make_target(cfg.dataset)}")
+        f"{datasets.get(cfg.dataset).reads(cfg.backend)!r} records); convert again: "
+        f"{fmt.fix_command(None, cfg.dataset)}")
 
 
 # ----------------------------------------------------------------------------- CIFAR
-def cifar_source_split(split: str) -> str:
-    """The official split a CIFAR split is drawn from: train and val from train, test from test."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"CIFAR split={split!r}: expected train, val or test")
-    return "test" if split == "test" else "train"
-
-
-def cifar_split_indices(cfg: DataConfig, split: str, n_train: int | None = None) -> np.ndarray:
-    """Sorted indices into the official array of `cifar_source_split(split)`: "val" is a fixed
-    random hold-out of cfg.val_size train images (cfg.split_seed), "train" the rest."""
-    source = cifar_source_split(split)
-    count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), source)
-    if source == "test":
-        return np.arange(count, dtype=np.int64)
-    n_train = count if n_train is None else n_train
-    if not 0 <= cfg.val_size < n_train:
-        raise ValueError(f"data.val_size={cfg.val_size}: must be in [0, {n_train})")
-    order = np.random.default_rng(cfg.split_seed).permutation(n_train)
-    held_out = np.sort(order[:cfg.val_size])
-    return held_out if split == "val" else np.sort(order[cfg.val_size:])
+def split_positions(cfg: DataConfig, split: str, stored_count: int | None = None) -> np.ndarray:
+    """Sorted positions in the stored split that `split` is drawn from (records/datasets.py:
+    CIFAR's val is a fixed hold-out of cfg.val_size train images, seeded by cfg.split_seed)."""
+    entry = datasets.get(cfg.dataset)
+    if stored_count is None:
+        manifest = fmt.read_manifest(cfg.root, cfg.dataset)
+        stored_count = fmt.split_count(manifest, entry.stored_split(split))
+    return entry.positions(split, stored_count, cfg.val_size, cfg.split_seed)
 
 
 def load_cifar_arrays(cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Official `source` ("train"|"test") split: uint8 (N, 32, 32, 3) HWC RGB, int64 (N,),
+    """Stored `source` ("train"|"test") split: uint8 (N, H, W, 3) HWC RGB, int64 (N,),
     checked against the manifest (files, shapes, label range and per-class counts)."""
     manifest = open_records(cfg, "arrays", source)
     images_path, labels_path = (Path(cfg.root) / rel for rel in fmt.array_rels(source))
@@ -86,14 +74,14 @@ def load_cifar_arrays(cfg: DataConfig, source: str) -> tuple[np.ndarray, np.ndar
 
 def cifar_split(cfg: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of a CIFAR split, after the train/val hold-out."""
-    images, labels = load_cifar_arrays(cfg, cifar_source_split(split))
-    index = cifar_split_indices(cfg, split, n_train=len(images))
+    images, labels = load_cifar_arrays(cfg, datasets.get(cfg.dataset).stored_split(split))
+    index = split_positions(cfg, split, stored_count=len(images))
     return images[index], labels[index]
 
 
 # ----------------------------------------------------------------------------- webdataset
 @dataclass(frozen=True)
-class ShardIndex:
+class SampleTable:
     """Where every sample of one split lies: shard file, byte offset/size of its .jpg and .cls
     members (in shard order, then tar order)."""
 
@@ -117,30 +105,12 @@ def shard_paths(cfg: DataConfig, split: str) -> list[Path]:
     return sorted((Path(cfg.root) / fmt.shard_folder_rel(split)).glob("shard-*.tar"))
 
 
-def _scan_shard(path: Path):
-    """{key: {ext: (offset, size)}} in tar order: from the shard's webdataset index when there
-    is one, else from the tar headers."""
-    index = path.with_suffix(".idx")
-    if index.is_file():
-        return fmt.parse_index(index)
-    members: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, dot, ext = info.name.rpartition(".")
-            if not dot:
-                raise ValueError(f"{path}: member {info.name!r} has no extension")
-            members.setdefault(key, {})[ext] = (info.offset_data, info.size)
-    return members
-
-
 @lru_cache(maxsize=16)
-def _shard_index(shards: tuple[Path, ...], stamp: tuple) -> ShardIndex:
+def _sample_table(shards: tuple[Path, ...], stamp: tuple) -> SampleTable:
     del stamp  # only part of the cache key: a rewritten shard invalidates the cache
     shard_of, keys, columns = [], [], {name: [] for name in ("jo", "js", "co", "cs")}
     for position, path in enumerate(shards):
-        for key, parts in _scan_shard(path).items():
+        for key, parts in fmt.read_shard_index(fmt.shard_index_rel(str(path))).items():
             if "jpg" not in parts or "cls" not in parts:
                 raise ValueError(f"{path}: sample {key!r} lacks a .jpg or .cls member "
                                  f"(has {sorted(parts)})")
@@ -149,48 +119,43 @@ def _shard_index(shards: tuple[Path, ...], stamp: tuple) -> ShardIndex:
             for name, value in zip(("jo", "js", "co", "cs"), (*parts["jpg"], *parts["cls"])):
                 columns[name].append(value)
     as64 = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
-    return ShardIndex(tuple(str(p) for p in shards), np.asarray(shard_of, dtype=np.int32),
+    return SampleTable(tuple(str(p) for p in shards), np.asarray(shard_of, dtype=np.int32),
                       tuple(keys), as64["jo"], as64["js"], as64["co"], as64["cs"])
 
 
-def shard_index(cfg: DataConfig, split: str) -> ShardIndex:
-    """The split's ShardIndex (cached per process), checked against the manifest count."""
+def sample_table(cfg: DataConfig, split: str) -> SampleTable:
+    """The split's SampleTable (cached per process), from its shard indexes (their sample counts
+    checked against the manifest by open_records)."""
     shards = tuple(shard_paths(cfg, split))
     stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in shards)
     manifest = fmt.read_manifest(cfg.root, cfg.dataset)
-    index = replace(_shard_index(shards, stamp), classes=len(manifest["classes"]),
-                    fix=fmt.make_target(cfg.dataset))
-    expected = fmt.split_count(manifest, split)
-    if len(index) != expected:
-        raise fmt.RecordsError(f"{shards[0].parent}: {len(index)} samples in the shards, "
-                               f"manifest.json says {expected}; convert again: "
-                               f"{fmt.make_target(cfg.dataset)}")
-    return index
+    return replace(_sample_table(shards, stamp), classes=len(manifest["classes"]),
+                   fix=fmt.fix_command(manifest))
 
 
 class ShardReader:
     """Thread-safe random access to samples: (jpeg bytes, label). Uses pread on one descriptor
     per shard, so worker threads and forked DataLoader workers can share it."""
 
-    def __init__(self, index: ShardIndex):
-        self.index = index
+    def __init__(self, table: SampleTable):
+        self.table = table
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def _fd(self, shard: int) -> int:
         with self._lock:
             if shard not in self._fds:
-                self._fds[shard] = os.open(self.index.shards[shard], os.O_RDONLY)
+                self._fds[shard] = os.open(self.table.shards[shard], os.O_RDONLY)
             return self._fds[shard]
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.table)
 
     def read(self, i: int) -> tuple[bytes, int]:
-        index = self.index
-        fd = self._fd(int(index.shard[i]))
-        jo, js, co, cs = (int(index.jpg_offset[i]), int(index.jpg_size[i]),
-                          int(index.cls_offset[i]), int(index.cls_size[i]))
+        table = self.table
+        fd = self._fd(int(table.shard[i]))
+        jo, js, co, cs = (int(table.jpg_offset[i]), int(table.jpg_size[i]),
+                          int(table.cls_offset[i]), int(table.cls_size[i]))
         start, end = min(jo, co), max(jo + js, co + cs)
         if end - start <= js + cs + 2048:  # neighbours in the tar: one read
             blob = os.pread(fd, end - start, start)
@@ -200,24 +165,24 @@ class ShardReader:
         return jpg, self._label(i, cls)
 
     def _label(self, i: int, cls: bytes) -> int:
-        index = self.index
+        table = self.table
         try:
             label = int(cls.decode("ascii").strip())
         except ValueError:
             label = None
-        if label is None or (index.classes and not 0 <= label < index.classes):
+        if label is None or (table.classes and not 0 <= label < table.classes):
             raise fmt.RecordsError(
-                f"{index.shards[index.shard[i]]}: {index.keys[i]}.cls holds {cls[:20]!r}, not "
-                f"a label in [0, {index.classes}); convert again: {index.fix}")
+                f"{table.shards[table.shard[i]]}: {table.keys[i]}.cls holds {cls[:20]!r}, not "
+                f"a label in [0, {table.classes}); convert again: {table.fix}")
         return label
 
     def labels(self) -> np.ndarray:
         return np.asarray([self.read_label(i) for i in range(len(self))], dtype=np.int64)
 
     def read_label(self, i: int) -> int:
-        index = self.index
-        fd = self._fd(int(index.shard[i]))
-        return self._label(i, os.pread(fd, int(index.cls_size[i]), int(index.cls_offset[i])))
+        table = self.table
+        fd = self._fd(int(table.shard[i]))
+        return self._label(i, os.pread(fd, int(table.cls_size[i]), int(table.cls_offset[i])))
 
     def close(self):
         with self._lock:
@@ -226,7 +191,7 @@ class ShardReader:
             self._fds.clear()
 
     def __getstate__(self):  # pickled into spawned workers: reopen there
-        return {"index": self.index}
+        return {"table": self.table}
 
     def __setstate__(self, state):
-        self.__init__(state["index"])
+        self.__init__(state["table"])

@@ -1,26 +1,23 @@
 """One backend-neutral description of the data and its augmentation.
 
-Every backend (native, ffcv, dali, torchvision baseline) reads these dataclasses and nothing else;
-train/config.py nests them, so YAML keys are `data.*` and `data.aug.*`.
+Every backend (native, ffcv, dali, torchvision baseline) reads these dataclasses, through its
+LoaderRequest (pipelines/request.py), and the dataset's facts (records/datasets.py); its
+augmentation family picks the recipe: "cifar" (pad, random crop, flip; eval as is) or
+"imagenet" (shorter side ~ U{scale_min..scale_max}, random crop, flip, PCA lighting; eval center
+crop, ten crops or multi-scale). train/config.py nests them: YAML keys are `data.*`, `data.aug.*`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from records import datasets
+from records import format as fmt
 from records.check import VERIFY_MODES
 
-DATASETS = ("cifar10", "cifar100", "imagenet")
+DATASETS = tuple(datasets.DATASETS)  # every fact about each: records/datasets.py
 BACKENDS = ("native", "ffcv", "dali", "torchvision", "synthetic")
 EVAL_MODES = ("center", "tencrop", "multiscale")
-# The splits a loader serves. CIFAR: train/val are the 45k/5k hold-out of the official train
-# set, test is the official test set. ImageNet has no labelled test set: train and val only.
-SPLITS = {"cifar10": ("train", "val", "test"), "cifar100": ("train", "val", "test"),
-          "imagenet": ("train", "val")}
 
-# Per-channel statistics on the 0-1 scale.
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # AlexNet PCA lighting on the 0-1 scale (= [55.46, 4.794, 1.148] / 255).
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
@@ -101,33 +98,41 @@ class DataConfig:
 
 
 def dataset_stats(cfg: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on the 0-1 scale: the spec's own, else the dataset's."""
-    default = {
-        "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
-        "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-        "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    }[cfg.dataset]
-    return (cfg.aug.mean or default[0], cfg.aug.std or default[1])
+    """(mean, std) on the 0-1 scale: the spec's own, else the dataset's (records/datasets.py;
+    a folder dataset's were computed by its converter and are read from its manifest)."""
+    if cfg.aug.mean and cfg.aug.std:
+        return cfg.aug.mean, cfg.aug.std
+    entry = datasets.get(cfg.dataset)
+    mean, std = datasets.stats(entry, None if entry.mean else fmt.read_manifest(cfg.root,
+                                                                               cfg.dataset))
+    return (cfg.aug.mean or mean, cfg.aug.std or std)
 
 
-def num_classes(dataset: str) -> int:
-    return {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+def num_classes(data: DataConfig | str) -> int:
+    """Classes a model of this data predicts: the dataset's count, or for a dataset whose classes
+    come from its records (a folder dataset), the manifest's at data.root."""
+    entry = datasets.get(data if isinstance(data, str) else data.dataset)
+    if entry.classes is not None:
+        return entry.classes
+    if isinstance(data, str):
+        raise ValueError(f"{entry.name}: its classes come from its records; pass the data "
+                         "config (data.root)")
+    return len(fmt.read_manifest(data.root, data.dataset)["classes"])
 
 
-def check_split(dataset: str, split: str) -> str:
-    if split not in SPLITS[dataset]:
-        extra = (" (ImageNet has no labelled test set: its reported numbers are val numbers)"
-                 if dataset == "imagenet" and split == "test" else "")
-        raise ValueError(f"split={split!r} for {dataset}: expected one of "
-                         f"{', '.join(SPLITS[dataset])}{extra}")
-    return split
+def class_names(cfg: DataConfig) -> list[str] | None:
+    """The class names of the records at cfg.root (None: no records there)."""
+    try:
+        return datasets.class_names(fmt.read_manifest(cfg.root, cfg.dataset))
+    except FileNotFoundError:
+        return None
 
 
 def selection_split(cfg: DataConfig) -> str | None:
     """The split that picks the best model and drives the plateau rule (None: no hold-out)."""
-    return "val" if cfg.dataset == "imagenet" or cfg.val_size > 0 else None
+    return datasets.get(cfg.dataset).selection_split(cfg.val_size)
 
 
 def report_split(cfg: DataConfig) -> str:
     """The split a finished run reports: CIFAR's test set; ImageNet's val (it has no other)."""
-    return "val" if cfg.dataset == "imagenet" else "test"
+    return datasets.get(cfg.dataset).report

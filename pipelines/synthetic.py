@@ -8,65 +8,51 @@ from __future__ import annotations
 import torch
 
 from pipelines import ops
-from pipelines.plan import EpochPlan
+from pipelines.plan import PlannedLoader
+from pipelines.request import LoaderRequest
 from pipelines.spec import DataConfig, num_classes
+from records import datasets
 from records import format as fmt
 
-# Images per split when there are no records to count (CIFAR val/train after the hold-out).
-DEFAULT_COUNTS = {"cifar": {"train": 50000, "test": 10000}, "imagenet": {"train": 1281167,
-                                                                         "val": 50000}}
 
-
-def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
-          seed: int = 0, eval_mode: str = "center", scale: int | None = None):
-    return SyntheticLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
+def build(request: LoaderRequest):
+    return SyntheticLoader(request)
 
 
 def split_size(cfg: DataConfig, split: str) -> int:
-    imagenet = cfg.dataset == "imagenet"
-    source = split if imagenet else ("test" if split == "test" else "train")
+    """Samples of `split`: from the manifest at cfg.root, else from the full dataset's counts."""
+    entry = datasets.get(cfg.dataset)
+    source = entry.stored_split(split)
     try:
         count = fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset), source)
     except FileNotFoundError:
-        count = DEFAULT_COUNTS["imagenet" if imagenet else "cifar"][source]
-    if imagenet or split == "test":
-        return count
-    return cfg.val_size if split == "val" else count - cfg.val_size
+        if entry.counts is None:  # nothing to count without records
+            raise
+        count = entry.counts[source]
+    return entry.split_count(split, count, cfg.val_size)
 
 
-def image_shape(cfg: DataConfig, eval_mode: str, scale: int | None) -> tuple[int, ...]:
-    if cfg.dataset != "imagenet":
-        return (3, 32, 32)
-    crop = cfg.aug.crop
-    if eval_mode == "tencrop":
+def image_shape(request: LoaderRequest) -> tuple[int, ...]:
+    if not request.imagenet_style:
+        return (3, *request.dataset.image_size)
+    crop, scale = request.aug.crop, request.scale
+    if request.eval_mode == "tencrop":
         return (10, 3, crop, crop)
-    if eval_mode == "multiscale":
+    if request.eval_mode == "multiscale":
         return (3, scale, scale * 4 // 3)  # a typical 4:3 landscape photo
     return (3, crop, crop)
 
 
-class SyntheticLoader:
-    def __init__(self, cfg: DataConfig, split: str, device, rank: int, world_size: int,
-                 seed: int, eval_mode: str, scale: int | None):
-        train = split == "train"
-        batch = 1 if eval_mode == "multiscale" else (cfg.batch_size if train
-                                                     else cfg.eval_batch_size)
-        self.plan = EpochPlan(split_size(cfg, split), batch, rank, world_size, seed,
-                              shuffle=train, drop_last=train)
-        device = torch.device(device)
-        generator = ops.make_generator("cpu", seed, rank, 0x5717)
-        images = torch.randn(batch, *image_shape(cfg, eval_mode, scale), generator=generator)
-        labels = torch.randint(num_classes(cfg.dataset), (batch,), generator=generator)
-        flat = images.flatten(0, 1) if images.dim() == 5 else images
-        flat = ops.finish(flat.to(device), ops.DTYPES[cfg.dtype], cfg.channels_last)
-        self.images = flat.unflatten(0, images.shape[:2]) if images.dim() == 5 else flat
-        self.labels = labels.to(device)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.plan.set_epoch(epoch, start)
+class SyntheticLoader(PlannedLoader):
+    def __init__(self, request: LoaderRequest):
+        super().__init__(request, split_size(request.data, request.split))
+        batch = request.batch_size
+        generator = ops.make_generator("cpu", request.seed, request.rank, 0x5717)
+        images = torch.randn(batch, *image_shape(request), generator=generator)
+        labels = torch.randint(num_classes(request.data), (batch,), generator=generator)
+        self.images = ops.to_dtype_and_layout(images.to(self.device), request.dtype,
+                                              request.data.channels_last)
+        self.labels = labels.to(self.device)
 
     def __iter__(self):
         for _ in self.plan.batches():

@@ -16,14 +16,14 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 
 from pipelines import ops
-from pipelines.plan import EpochPlan
-from pipelines.readers import ShardReader, cifar_split, shard_index
-from pipelines.spec import AugSpec, DataConfig, dataset_stats
+from pipelines.plan import EpochPlan, PlannedLoader
+from pipelines.readers import ShardReader, cifar_split, sample_table
+from pipelines.request import LoaderRequest
+from pipelines.spec import AugSpec, dataset_stats
 
 
-def build(data_cfg: DataConfig, split: str, device, rank: int = 0, world_size: int = 1,
-          seed: int = 0, eval_mode: str = "center", scale: int | None = None):
-    return BaselineLoader(data_cfg, split, device, rank, world_size, seed, eval_mode, scale)
+def build(request: LoaderRequest):
+    return BaselineLoader(request)
 
 
 class Lighting(torch.nn.Module):
@@ -66,14 +66,15 @@ class StackCrops(torch.nn.Module):
         return torch.stack([self.each(crop) for crop in crops])
 
 
-def transforms(cfg: DataConfig, train: bool, eval_mode: str, scale: int | None):
+def transforms(request: LoaderRequest):
+    cfg, train, eval_mode, scale = request.data, request.train, request.eval_mode, request.scale
     aug, (mean, std) = cfg.aug, dataset_stats(cfg)
     to_float = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
     normalize = (SubtractMeanImage(aug.mean_image, std) if aug.mean_image
                  else T.Normalize(mean, std))
-    if cfg.dataset != "imagenet":
-        geometry = ([T.RandomCrop(32, padding=aug.pad), T.RandomHorizontalFlip(aug.flip_p)]
-                    if train else [])
+    if not request.imagenet_style:
+        geometry = ([T.RandomCrop(list(request.dataset.image_size), padding=aug.pad),
+                     T.RandomHorizontalFlip(aug.flip_p)] if train else [])
         return T.Compose([*geometry, *to_float, normalize])
     if train:
         lighting = [Lighting(aug)] if aug.lighting_std > 0 else []
@@ -122,45 +123,29 @@ class PlanSampler(torch.utils.data.Sampler):
             yield [(int(p), base + int(p)) for p in positions]
 
 
-class BaselineLoader:
-    def __init__(self, cfg: DataConfig, split: str, device, rank: int, world_size: int,
-                 seed: int, eval_mode: str, scale: int | None):
-        self.device = torch.device(device)
-        self.dtype, self.channels_last = ops.DTYPES[cfg.dtype], cfg.channels_last
-        train = split == "train"
-        if cfg.dataset == "imagenet":
-            reader = ShardReader(shard_index(cfg, split))
+class BaselineLoader(PlannedLoader):
+    def __init__(self, request: LoaderRequest):
+        cfg = request.data
+        if request.imagenet_style:
+            reader = ShardReader(sample_table(cfg, request.split))
             read, n = _ImageNetRead(reader), len(reader)
         else:
-            images, labels = cifar_split(cfg, split)
+            images, labels = cifar_split(cfg, request.split)
             read, n = _ArrayRead(images, labels), len(labels)
-        batch = cfg.batch_size if train else cfg.eval_batch_size
-        if eval_mode == "multiscale":
-            batch = 1
-        self.plan = EpochPlan(n, batch, rank, world_size, seed, shuffle=train, drop_last=train)
+        super().__init__(request, n)
         workers = max(cfg.num_workers, 0)
         self.loader = torch.utils.data.DataLoader(
-            SeededDataset(read, transforms(cfg, train, eval_mode, scale)),
-            batch_sampler=PlanSampler(self.plan, seed, rank), num_workers=workers,
+            SeededDataset(read, transforms(request)),
+            batch_sampler=PlanSampler(self.plan, self.seed, self.rank), num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None)
 
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.plan.set_epoch(epoch, start)
-
     def __iter__(self):
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        request = self.request
         for images, labels in self.loader:
-            images = images.to(self.device, non_blocking=True).to(self.dtype)
-            if images.dim() == 5:  # tencrop: each crop laid out like a 4-D batch
-                images = images.flatten(0, 1).contiguous(memory_format=layout).unflatten(
-                    0, images.shape[:2])
-            else:
-                images = images.contiguous(memory_format=layout)
-            yield images, labels.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True)
+            yield (ops.to_dtype_and_layout(images, request.dtype, request.data.channels_last),
+                   labels.to(self.device, non_blocking=True))
 
 
 class _ImageNetRead:

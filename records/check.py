@@ -1,48 +1,50 @@
-"""Are the records on disk the ones their manifest describes? Checked by every loader when it is
-built (pipelines/readers.py), before any training step.
+"""The one record checker: are the records on disk the ones their manifest describes?
 
-Cheap (the default, data.verify=cheap): per file, its size and a sampled digest (blake2b of the
-size and SAMPLE_BLOCKS blocks spread evenly over the file, recorded in the manifest's "checks"
-when it was written): a truncated file, a zeroed region larger than the gaps between blocks, or
-a file swapped for another fails. Then what each format's headers say: the .npy shapes and
-dtypes, the .beton sample count, the number of shards; the loaders add the label range and the
-per-class counts where the labels are at hand. A few reads per file, whatever its size.
-Full (data.verify=full): every file's sha256, as `tools/convert.py verify` does.
+Used by every loader when it is built (pipelines/readers.py: the files of the split and format
+it reads), by `tools/convert.py verify` (`verify`: every file of every format and split, full
+mode) and by the tests.
+
+Cheap (the loaders' default, data.verify=cheap): per file, its size and a sampled digest
+(records/format.py's sampled_digest, recorded in the manifest's "checks" when it was written):
+a truncated file, a zeroed region larger than the gaps between blocks, or a file swapped for
+another fails. Then what each format's headers say: the .npy shapes and dtypes, the .beton
+sample count, the shards and their indexes' sample counts; the label range and the per-class
+counts where the labels are at hand. A few reads per file, whatever its size.
+Full (data.verify=full, and verify): also every file's sha256.
 
 A failure is a RecordsError that names the file, what differs, and the command that rewrites
 the records (a rerun keeps the files that still verify).
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from records import datasets
 from records import format as fmt
 
 VERIFY_MODES = ("cheap", "full")
-SAMPLE_BLOCKS = 8
-BLOCK = 4096
 _passed: set = set()  # (path, size, mtime, mode) already checked in this process
 
 
-def sampled_digest(path: str | Path) -> str:
-    """blake2b of the file size and SAMPLE_BLOCKS blocks of BLOCK bytes spread over the file."""
-    size = os.path.getsize(path)
-    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
-    with open(path, "rb") as f:
-        for offset in np.linspace(0, max(0, size - BLOCK), SAMPLE_BLOCKS).astype(np.int64):
-            digest.update(os.pread(f.fileno(), BLOCK, int(offset)))
-    return digest.hexdigest()
-
-
-def file_checks(root: str | Path, files) -> dict[str, dict]:
-    """The manifest's "checks": {file: {"size", "sample"}} of the files as they are now."""
+def verify(root: str | Path) -> list[str]:
+    """Every problem of a converted dataset folder (empty: it matches its manifest): each
+    format's files for each stored split, sha256 included, their counts, and the labels of the
+    arrays against the manifest's per-class counts."""
     root = Path(root)
-    return {rel: {"size": (root / rel).stat().st_size, "sample": sampled_digest(root / rel)}
-            for rel in sorted(files)}
+    manifest = fmt.read_manifest(root)
+    check, problems = Checker(root, manifest, "full"), []
+    for format_name in manifest["formats"]:
+        for split in check.dataset.stored:
+            try:
+                check.split(format_name, split)
+                if format_name == "arrays":
+                    labels = root / fmt.array_rels(split)[1]
+                    check.labels(np.load(labels), labels, split)
+            except (fmt.RecordsError, OSError) as error:
+                problems.append(str(error))
+    return problems
 
 
 class Checker:
@@ -52,7 +54,8 @@ class Checker:
         if mode not in VERIFY_MODES:
             raise ValueError(f"data.verify={mode!r}: expected one of {', '.join(VERIFY_MODES)}")
         self.root, self.manifest, self.mode = Path(root), manifest, mode
-        self.fix = fmt.make_target(manifest["dataset"])
+        self.dataset = datasets.get(manifest["dataset"])
+        self.fix = fmt.fix_command(manifest)
 
     def fail(self, path, problem: str) -> fmt.RecordsError:
         return fmt.RecordsError(f"{path}: {problem}; convert again: {self.fix}")
@@ -74,7 +77,7 @@ class Checker:
             if stat.st_size != want["size"]:
                 raise self.fail(path, f"{stat.st_size} bytes, {fmt.MANIFEST} says "
                                       f"{want['size']} (truncated or changed)")
-            if sampled_digest(path) != want["sample"]:
+            if fmt.sampled_digest(path) != want["sample"]:
                 raise self.fail(path, f"content differs from {fmt.MANIFEST} (sampled digest)")
             if self.mode == "full" and fmt.sha256_file(path) != self.manifest["files"][rel]:
                 raise self.fail(path, f"content differs from {fmt.MANIFEST} (sha256)")
@@ -107,16 +110,37 @@ class Checker:
             if shards is not None and len(tars) != shards:
                 raise self.fail(self.root / folder, f"{len(tars)} shards listed, {fmt.MANIFEST} "
                                                     f"says {shards}")
+            unindexed = [rel for rel in tars if fmt.shard_index_rel(rel) not in rels]
+            if unindexed:
+                raise self.fail(self.root / unindexed[0], f"a shard without its shard index "
+                                                          f"{fmt.shard_index_rel(unindexed[0])}")
+        if not rels:
+            raise self.fail(self.root / fmt.shard_folder_rel(split), "no shards listed")
         self.files(rels)
         if format_name == "arrays":
             images, labels = rels
-            self.npy(images, (count, 32, 32, 3), np.uint8)
+            self.npy(images, (count, *self.dataset.image_size, 3), np.uint8)
             self.npy(labels, (count,), np.int64)
         elif format_name == "ffcv":
-            samples = fmt.beton_count(self.root / rels[0])
-            if samples != count:
-                raise self.fail(self.root / rels[0], f"{samples} samples, {fmt.MANIFEST} says "
-                                                     f"{split} has {count}")
+            self.count(rels[0], fmt.beton_count(self.root / rels[0]), split)
+        elif format_name == "webdataset":
+            self.count(fmt.shard_folder_rel(split) + "/*.idx",
+                       sum(self.shard_index_count(rel) for rel in rels if rel.endswith(".idx")),
+                       split)
+
+    def shard_index_count(self, rel: str) -> int:
+        """Samples a shard index lists: its header (cheap), checked against its lines (full)."""
+        path = self.root / rel
+        if self.mode == "full":
+            return len(fmt.read_shard_index(path))
+        return fmt.shard_index_count(path)
+
+    def count(self, rel: str, samples: int, split: str) -> None:
+        """`samples` (what the file at `rel` holds) against the manifest's count of `split`."""
+        count = fmt.split_count(self.manifest, split)
+        if samples != count:
+            raise self.fail(self.root / rel, f"{samples} samples, {fmt.MANIFEST} says "
+                                             f"{split} has {count}")
 
     def npy(self, rel: str, shape: tuple, dtype) -> None:
         path = self.root / rel

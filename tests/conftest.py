@@ -49,7 +49,7 @@ def cifar10_tar() -> Path:
 @pytest.fixture(scope="session")
 def cifar10_records(cifar10_tar, tmp_path_factory) -> Path:
     """The real CIFAR-10 converted once per test session into every format that is installed."""
-    from tools.convert import convert
+    from tools.converter.cli import convert
 
     formats = ["arrays"] + (["ffcv"] if _has("ffcv") else [])
     out = tmp_path_factory.mktemp("records")

@@ -96,7 +96,7 @@ def digests(images: np.ndarray) -> list[str]:
 def write_cifar_records(folder: Path, arrays: dict, dataset: str = "cifar10") -> Path:
     """folder/<dataset> in the "arrays" format from {split: (uint8 NHWC images, labels)} of
     the stored splits (train, test), with a manifest made by records.format."""
-    from tools.writers.atomic import sha256_file
+    from tools.converter.writers.atomic import sha256_file
 
     root = Path(folder) / dataset
     n_classes = 100 if dataset == "cifar100" else 10
@@ -133,8 +133,8 @@ def write_imagenet_records(folder: Path, splits: dict, shard_size: int = 1000,
                            n_classes: int = 1000) -> Path:
     """folder/imagenet in the "webdataset" format from {split: [(key, JPEG bytes, label)]} for
     train and val, through the converter's ShardWriter, with a manifest."""
-    from tools.writers.atomic import OutputDir
-    from tools.writers.webdataset import ShardWriter
+    from tools.converter.writers.atomic import OutputDir
+    from tools.converter.writers.webdataset import ShardWriter
 
     root = Path(folder) / "imagenet"
     out = OutputDir(root, fingerprint="test fixture")
@@ -288,7 +288,7 @@ def to_records(folder: Path, out: Path) -> Path:
     """Convert an ImageNet folder into the records of every installed format."""
     import importlib.util
 
-    from tools.convert import convert
+    from tools.converter.cli import convert
 
     formats = ["webdataset"] + (["ffcv"] if importlib.util.find_spec("ffcv") else [])
     # Quality 98 for the images FFCV re-encodes, so its ramps stay as clean as the originals.
@@ -331,13 +331,14 @@ TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 DEVKIT, DEVKIT_DIR = "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12"
 
 
-def _random_view(rng: np.random.Generator, gray: bool = False) -> Image.Image:
+def _random_view(rng: np.random.Generator, gray: bool = False,
+                 short_side: tuple[int, int] = (300, 700)) -> Image.Image:
     src = _photo("camera") if gray else _photo(FIXTURE_PHOTOS[rng.integers(len(FIXTURE_PHOTOS))])
     h, w = src.shape[:2]
     ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
     img = Image.fromarray(src[y:y + ch, x:x + cw])
-    short = int(rng.integers(300, 701))
+    short = int(rng.integers(short_side[0], short_side[1] + 1))
     scale = short / min(img.size)
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                       Image.Resampling.BICUBIC)
@@ -450,6 +451,74 @@ def make_imagenet_folder(root, classes: int = 4, per_class: int = 6, val_per_cla
         (root / DEVKIT).write_bytes(_devkit(plan))
     _write_references(root, plan)
     (root / "fixture.json").write_text(json.dumps(_expected(plan, "folders"), indent=1))
+    return root
+
+
+# ----------------------------------------------------------------------------- folder dataset
+FOLDER_CLASSES = ("cat", "coffee mug", "rocket")  # a space: names are kept as they are
+FOLDER_PHOTOS = {"cat": "chelsea", "coffee mug": "coffee", "rocket": "rocket"}
+FOLDER_SIDE = (40, 72)  # small photos: the converter's and loaders' cost is per pixel
+
+
+def small_photo(name: str, rng: np.random.Generator, mode: str = "RGB") -> Image.Image:
+    """A random crop of a scikit-image photo, its shorter side in FOLDER_SIDE."""
+    src = _photo(name)
+    h, w = src.shape[:2]
+    ch, cw = int(h * rng.uniform(0.5, 0.9)), int(w * rng.uniform(0.5, 0.9))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    img = Image.fromarray(src[y:y + ch, x:x + cw])
+    scale = int(rng.integers(FOLDER_SIDE[0], FOLDER_SIDE[1] + 1)) / min(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC).convert(mode)
+
+
+def _encoded(img: Image.Image, format_name: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format_name, **kw)
+    return buf.getvalue()
+
+
+def folder_oddities(rng: np.random.Generator) -> dict[str, tuple[bytes, str | None]]:
+    """{file name: (bytes, None if it decodes else the skip reason's start)}: what a folder of
+    one's own photos holds besides plain JPEGs."""
+    photo = small_photo("chelsea", rng)
+    grey16 = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    jpeg = _encoded(photo, "JPEG", quality=90)
+    return {
+        "cmyk.jpg": (_encoded(photo.convert("CMYK"), "JPEG", quality=90), None),
+        "grey.jpeg": (_encoded(photo.convert("L"), "JPEG", quality=90), None),
+        "grey16.png": (_encoded(Image.fromarray(grey16), "PNG"), None),
+        "exif.jpg": (_encoded(photo, "JPEG", quality=90, exif=exif.tobytes()), None),
+        "palette.png": (_encoded(photo.convert("P"), "PNG"), None),
+        "photo.webp": (_encoded(photo, "WEBP", quality=90), None),
+        "truncated.jpg": (jpeg[:len(jpeg) // 2], "OSError"),
+        "not-a-photo.jpg": (b"hello, world\n" * 20, "not a recognised image format"),
+        "notes.txt": (b"a note\n", "not an image file extension"),
+    }
+
+
+def make_image_folder(root, train_per_class: int = 8, val_per_class: int | None = 2,
+                      oddities: bool = False, seed: int = 0) -> Path:
+    """root/train/<class>/*.jpg (and root/val/<class>/ unless val_per_class is None) of small
+    real photos, one scikit-image photo per class; with oddities, folder_oddities() in the
+    first class's train folder and a symbolic link loop beside them."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for name in FOLDER_CLASSES if count is not None else ():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                photo = small_photo(FOLDER_PHOTOS[name], rng)
+                (folder / f"{name[:3]}_{i:03d}.jpg").write_bytes(
+                    _encoded(photo, "JPEG", quality=90))
+    if oddities:
+        folder = root / "train" / FOLDER_CLASSES[0]
+        for name, (data, _) in folder_oddities(rng).items():
+            (folder / name).write_bytes(data)
+        (folder / "loop.jpg").symlink_to("loop.jpg")
     return root
 
 
@@ -574,7 +643,7 @@ def read_webdataset(folder, batch_size: int = 8) -> list[tuple[str, np.ndarray, 
     from nvidia.dali import fn, pipeline_def, types
 
     tars = sorted(str(p) for p in Path(folder).glob("shard-*.tar"))
-    idx = [fmt.index_rel(t) for t in tars]
+    idx = [fmt.shard_index_rel(t) for t in tars]
 
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None)
     def pipe():

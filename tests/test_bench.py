@@ -20,7 +20,7 @@ def installed(backend: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
-    from tools.convert import convert
+    from tools.converter.cli import convert
 
     tar = make_cifar_tar(tmp_path / "cifar.tar.gz", train_per_class=8, test_per_class=4)
     formats = ["arrays"] + (["ffcv"] if installed("ffcv") else [])

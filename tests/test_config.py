@@ -9,6 +9,8 @@ import torch
 
 from models import MODELS
 from pipelines.spec import num_classes
+from records import datasets
+from records import format as fmt
 from train.config import ConfigError, dump_config, load_config, parse_value, valid_keys
 from train.schedule import LRSchedule, build_optimizer
 from train.setup import model_for
@@ -27,14 +29,26 @@ def test_there_is_a_config_for_every_seed_table_row():
     assert paper | seed000 | {"seed004_resnet32", "resnet34_B", "quickstart"} <= names
 
 
+def classes_only_records(folder: Path, dataset: str, classes: int) -> Path:
+    """A manifest with `classes` classes and no files: what a model's size is read from."""
+    splits = {split: {"count": 0, "per_class": []} for split in datasets.get(dataset).stored}
+    fmt.write_manifest(folder, fmt.make_manifest(
+        dataset=dataset, formats=datasets.get(dataset).formats[:1], source="test", settings={},
+        classes=[f"class {i}" for i in range(classes)], splits=splits,
+        stats={"mean": [0.5] * 3, "std": [0.25] * 3}))
+    return folder
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads_and_builds_its_model(path, tmp_path):
     cfg = load_config(path)
     assert cfg.model.name in MODELS
+    if datasets.get(cfg.data.dataset).classes is None:  # they come from the records
+        cfg.data.root = str(classes_only_records(tmp_path, cfg.data.dataset, 7))
     meta = torch.device("meta")
     with meta:  # no memory, no init cost: ResNet-1202 and ImageNet nets too
         model = model_for(cfg, meta)
-    assert model.fc.out_features == num_classes(cfg.data.dataset)
+    assert model.fc.out_features == num_classes(cfg.data)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, iters_per_epoch=10)
     assert schedule.lr(0) > 0
     saved = tmp_path / "config.yaml"  # what a run directory keeps: reloads identically

@@ -17,9 +17,10 @@ import pytest
 from fixtures import ROOT, make_cifar_tar, subprocess_env
 from pipelines import DataConfig, build_loader
 from records import format as fmt
-from tools.convert import convert, main, verify
-from tools.writers.atomic import OutputDir
-from tools.writers.ffcv import SLEEP_ENV
+from records.check import verify
+from tools.converter.cli import convert, main
+from tools.converter.writers.atomic import OutputDir
+from tools.converter.writers.ffcv import SLEEP_ENV
 
 
 @pytest.fixture
@@ -159,8 +160,8 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
         OutputDir(tmp_path / "ds", "fp")
     out.close()
     code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; "
-            "from tools.writers.atomic import OutputDir; OutputDir(Path(sys.argv[1]), 'fp'); "
-            "os.kill(os.getpid(), 9)")
+            "from tools.converter.writers.atomic import OutputDir; "
+            "OutputDir(Path(sys.argv[1]), 'fp'); os.kill(os.getpid(), 9)")
     child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ds"), str(ROOT)])
     assert child.returncode == -signal.SIGKILL
     OutputDir(tmp_path / "ds", "fp").close()  # the dead holder's lock is gone
@@ -183,13 +184,13 @@ def test_fewer_formats_deletes_the_others_and_says_so(tiny_tar, tmp_path, capsys
 
 
 def test_disk_full_names_the_file_and_the_free_space(tiny_tar, tmp_path, capsys, monkeypatch):
-    import tools.writers.arrays
+    import tools.converter.writers.arrays
 
     def full(file, array):
         file.write(b"\x93NUMPY")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tools.writers.arrays.np, "save", full)
+    monkeypatch.setattr(tools.converter.writers.arrays.np, "save", full)
     code = main(["cifar10", "--src", str(tiny_tar), "--out", str(tmp_path), "--formats",
                  "arrays", "--allow-subset"])
     err = capsys.readouterr().err
@@ -208,7 +209,7 @@ def test_disk_full_in_an_ffcv_worker(tmp_path, monkeypatch):
 
     from ffcv.memory_allocator import MemoryAllocator
 
-    from tools.writers.ffcv import write_beton
+    from tools.converter.writers.ffcv import write_beton
 
     def full(self):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from fixtures import expected, make_imagenet_folder, make_imagenet_tars, read_beton, read_webdataset
-from tools.convert import convert, verify
-from tools.datasets.safe_tar import UnsafeArchiveError
+from records.check import verify
+from tools.converter.cli import convert
+from tools.converter.sources.safe_tar import UnsafeArchiveError
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SIDE = {"train": 480, "val": 640}

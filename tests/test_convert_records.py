@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.datasets.images import BadImage, fit_shorter, prepare
-from tools.writers.atomic import OutputDir
-from tools.writers.webdataset import ShardWriter, index_count
+from records import format as records_format
+from tools.converter.sources.images import BadImage, fit_shorter, prepare
+from tools.converter.writers.atomic import OutputDir
+from tools.converter.writers.webdataset import ShardWriter
 
 
 def _encoded(img, fmt="JPEG", **kw):
@@ -71,7 +72,8 @@ def test_shard_index_points_at_each_member(tmp_path):
     shas = shard.commit()
     assert set(shas) == {"webdataset/train/shard-000000.tar", "webdataset/train/shard-000000.idx"}
     tar_path, idx_path = (tmp_path / "ds" / rel for rel in sorted(shas, reverse=True))
-    assert index_count(idx_path) == 3
+    assert len(records_format.read_shard_index(idx_path)) == 3
+    assert records_format.shard_index_count(idx_path) == 3
     raw = tar_path.read_bytes()
     for line, (key, data) in zip(idx_path.read_text().splitlines()[1:], payloads.items()):
         jpg_ext, jpg_off, jpg_size, jpg_name, cls_ext, cls_off, cls_size, cls_name = line.split()
@@ -110,7 +112,7 @@ class _Boom:
 @pytest.mark.ffcv
 @pytest.mark.timeout(120)
 def test_ffcv_worker_error_raises_instead_of_hanging(tmp_path):
-    from tools.writers.ffcv import write_beton
+    from tools.converter.writers.ffcv import write_beton
 
     out = OutputDir(tmp_path / "ds", "fp")
     with pytest.raises(RuntimeError, match=r"FFCV writer failed .*sample 13: ValueError: boom"):

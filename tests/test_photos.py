@@ -1,10 +1,10 @@
-"""tools/datasets/photos.py: an ImageNet-format set that tools/convert.py reads, at ImageNet's
+"""tools/converter/photos.py: an ImageNet-format set that tools/convert.py reads, at ImageNet's
 sizes, the same for the same seed."""
 import numpy as np
 from PIL import Image
 
-from tools.datasets.imagenet import load_source
-from tools.datasets.photos import imagenet_size, write_photo_set
+from tools.converter.photos import imagenet_size, write_photo_set
+from tools.converter.sources.imagenet import load_source
 
 
 def test_photo_set_is_imagenet_format_and_deterministic(tmp_path):

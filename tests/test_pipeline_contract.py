@@ -26,7 +26,7 @@ from fixtures import (
 )
 from pipelines import AugSpec, DataConfig, build_loader
 from pipelines.ops import unnormalize
-from pipelines.readers import ShardReader, cifar_split_indices, load_cifar_arrays, shard_index
+from pipelines.readers import ShardReader, load_cifar_arrays, sample_table, split_positions
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 BACKENDS = [
@@ -110,7 +110,7 @@ def test_imagenet_contract(backend, pattern_records):
     assert [len(y) for _, y in batches] == [4, 4, 2]
     for images, labels in batches:
         check_batch(images, labels, (3, 224, 224))
-    reader = ShardReader(shard_index(imagenet_cfg(pattern_records, "native"), "val"))
+    reader = ShardReader(sample_table(imagenet_cfg(pattern_records, "native"), "val"))
     expected = reader.labels().tolist()
     assert labels_of(batches) == expected
 
@@ -267,7 +267,7 @@ def center_eval(backend: str, root) -> torch.Tensor:
 
 def test_eval_center_agrees(backend, pattern_records):
     cfg = imagenet_cfg(pattern_records, backend)
-    reader = ShardReader(shard_index(imagenet_cfg(pattern_records, "native"), "val"))
+    reader = ShardReader(sample_table(imagenet_cfg(pattern_records, "native"), "val"))
     got = as_255(center_eval(backend, pattern_records), cfg)
     for i in range(N_VAL):
         want = TF.center_crop(reference(reader, i, 256), [224, 224]).numpy()
@@ -288,7 +288,7 @@ def test_tencrop(backend, pattern_records):
     # flipped center may sit one pixel off the mirrored center when (side - 224) is odd.
     for flipped, plain in ((5, 1), (6, 0), (7, 3), (8, 2)):
         torch.testing.assert_close(crops[:, flipped], crops[:, plain].flip(-1))
-    reader = ShardReader(shard_index(imagenet_cfg(pattern_records, "native"), "val"))
+    reader = ShardReader(sample_table(imagenet_cfg(pattern_records, "native"), "val"))
     for i in range(N_VAL):
         whole = reference(reader, i, 256)
         want = torch.stack(TF.ten_crop(whole, [224, 224]))
@@ -298,7 +298,7 @@ def test_tencrop(backend, pattern_records):
 
 def test_multiscale(backend, pattern_records):
     cfg = imagenet_cfg(pattern_records, backend)
-    reader = ShardReader(shard_index(imagenet_cfg(pattern_records, "native"), "val"))
+    reader = ShardReader(sample_table(imagenet_cfg(pattern_records, "native"), "val"))
     for scale in (224, 384, 640):  # the smallest, a middle and the largest of eval_scales
         loader = build_loader(cfg, "val", "cpu", eval_mode="multiscale", scale=scale)
         batches = list(loader)
@@ -340,7 +340,7 @@ def photo_records(tmp_path_factory):
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_colour_fidelity(backend, split, photo_records):
-    reader = ShardReader(shard_index(imagenet_cfg(photo_records, "native"), split))
+    reader = ShardReader(sample_table(imagenet_cfg(photo_records, "native"), split))
     source = {}
     for i in range(len(reader)):
         blob, label = reader.read(i)
@@ -402,8 +402,8 @@ def test_cifar10(backend, cifar10_records):
     # The records hold the real CIFAR-10: its well-known test statistics.
     np.testing.assert_allclose(test_images.mean((0, 1, 2)) / 255, CIFAR10_TEST_MEAN, atol=1e-3)
     np.testing.assert_allclose(test_images.std((0, 1, 2)) / 255, CIFAR10_TEST_STD, atol=1e-3)
-    val_index = cifar_split_indices(cfg, "val")
-    train_index = cifar_split_indices(cfg, "train")
+    val_index = split_positions(cfg, "val")
+    train_index = split_positions(cfg, "train")
     assert len(train_index) == 45000 and len(val_index) == 5000
     assert not set(train_index) & set(val_index)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fixtures import CIFAR10_TEST_MEAN, as_uint8_hwc, digests, val_items
-from pipelines import AugSpec, DataConfig, build_loader
+from pipelines import AugSpec, DataConfig, LoaderRequest, build_loader
 from pipelines.ops import unnormalize
 from pipelines.plan import EpochPlan
-from pipelines.readers import cifar_split_indices, load_cifar_arrays
+from pipelines.readers import load_cifar_arrays, split_positions
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 
 pytestmark = [pytest.mark.dali, pytest.mark.timeout(180)]
@@ -32,7 +32,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
                      batch_size=500, eval_batch_size=1000, num_workers=2,
                      aug=AugSpec(pad=0, flip_p=0.0))
     official, labels = load_cifar_arrays(DataConfig(root=str(cifar10_records)), "train")
-    train_index = cifar_split_indices(cfg, "train")
+    train_index = split_positions(cfg, "train")
     shares = []
     for rank in (0, 1):
         loader = build_loader(cfg, "train", "cpu", rank=rank, world_size=2, seed=4)
@@ -54,7 +54,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
 
     val = build_loader(cfg, "val", "cpu")
     val_labels = torch.cat([y for _, y in val]).numpy()
-    np.testing.assert_array_equal(val_labels, labels[cifar_split_indices(cfg, "val")])
+    np.testing.assert_array_equal(val_labels, labels[split_positions(cfg, "val")])
     test = build_loader(cfg, "test", "cpu")
     images = torch.cat([unnormalize(x, cfg) for x, _ in test])
     assert images.shape == (10000, 3, 32, 32) and len(test) == 10
@@ -67,7 +67,7 @@ def test_cifar_pad_crop_is_a_shifted_window(cifar10_records):
     cfg = DataConfig(dataset="cifar10", root=str(cifar10_records), backend="dali",
                      batch_size=256, num_workers=2)
     official = load_cifar_arrays(DataConfig(root=str(cifar10_records)), "train")[0]
-    split = official[cifar_split_indices(cfg, "train")]
+    split = official[split_positions(cfg, "train")]
     plan = EpochPlan(len(split), 256, 0, 1, seed=0, shuffle=True, drop_last=True)
     sources = np.pad(split[plan.indices()[:256]], ((0, 0), (4, 4), (4, 4), (0, 0)))
     images, _ = next(iter(build_loader(cfg, "train", "cpu", seed=0)))
@@ -122,7 +122,7 @@ def test_cls_labels_are_parsed_and_checked():
     from pipelines.dali import ImageNetLoader
 
     loader = ImageNetLoader.__new__(ImageNetLoader)
-    loader.device, loader.cfg, loader.split = torch.device("cpu"), DataConfig("imagenet"), "val"
+    loader.request = LoaderRequest(DataConfig("imagenet"), "val", "cpu")
     rows = [b"7", b"999", b"12\n", b"0"]
     codes = torch.tensor([list(r.ljust(4, b"\0")) for r in rows], dtype=torch.uint8)
     assert loader._labels(codes).tolist() == [7, 999, 12, 0]

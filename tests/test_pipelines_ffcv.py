@@ -13,7 +13,7 @@ import torch
 from fixtures import CIFAR10_TEST_MEAN, as_uint8_hwc, digests, train_items
 from pipelines import AugSpec, DataConfig, build_loader
 from pipelines.ops import unnormalize
-from pipelines.readers import cifar_split_indices, load_cifar_arrays
+from pipelines.readers import load_cifar_arrays, split_positions
 
 pytestmark = [pytest.mark.ffcv, pytest.mark.timeout(180)]
 
@@ -26,7 +26,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
                      batch_size=500, eval_batch_size=1000, num_workers=2,
                      aug=AugSpec(pad=0, flip_p=0.0))
     official, labels = load_cifar_arrays(DataConfig(root=str(cifar10_records)), "train")
-    train_index = cifar_split_indices(cfg, "train")
+    train_index = split_positions(cfg, "train")
     shares, counts = [], []
     for rank in (0, 1):
         loader = build_loader(cfg, "train", "cpu", rank=rank, world_size=2, seed=4)
@@ -46,7 +46,7 @@ def test_cifar_ddp_shards_deliver_the_split_pixels(cifar10_records):
     val = build_loader(cfg, "val", "cpu")
     assert len(val) == 5
     val_labels = torch.cat([y for _, y in val]).numpy()
-    np.testing.assert_array_equal(val_labels, labels[cifar_split_indices(cfg, "val")])
+    np.testing.assert_array_equal(val_labels, labels[split_positions(cfg, "val")])
 
     test = build_loader(cfg, "test", "cpu")
     images = torch.cat([unnormalize(x, cfg) for x, _ in test])

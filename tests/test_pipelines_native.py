@@ -2,6 +2,7 @@
 torchvision-baseline and synthetic loaders on tiny records written here."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -11,20 +12,21 @@ import pytest
 import torch
 
 from fixtures import write_cifar_records
-from pipelines import AugSpec, DataConfig, build_loader, ops, resample
-from pipelines.plan import EpochPlan, shard_indices
-from pipelines.readers import ShardReader, cifar_split_indices, shard_index
-from pipelines.spec import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from pipelines import AugSpec, DataConfig, LoaderRequest, build_loader, ops, resample
+from pipelines.plan import EpochPlan, PlannedLoader, shard_indices
+from pipelines.readers import ShardReader, sample_table, split_positions
+from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
+from records import datasets
 from records import format as fmt
 
 
 # ----------------------------------------------------------------------------- tiny records
 def write_manifest(root, dataset, counts, classes):
     """A manifest listing every file under root."""
-    from tools.writers.atomic import sha256_file
+    from tools.converter.writers.atomic import sha256_file
 
     root.mkdir(parents=True, exist_ok=True)
-    formats = [fmt.FORMATS[dataset][0]]
+    formats = [datasets.get(dataset).formats[0]]
     files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*")
              if p.is_file() and p.name != fmt.MANIFEST}
     fmt.write_manifest(root, fmt.make_manifest(
@@ -123,7 +125,8 @@ def test_normalize_uint8_float_shift_and_layout(tmp_path):
     cfg = DataConfig()
     normalize = ops.Normalize(cfg, "cpu")
     images = torch.randint(0, 256, (4, 3, 5, 6), dtype=torch.uint8)
-    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    cifar10 = datasets.DATASETS["cifar10"]
+    mean, std = (torch.tensor(stat).view(3, 1, 1) for stat in (cifar10.mean, cifar10.std))
     want = (images.float() / 255 - mean) / std
     out = normalize(images)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
@@ -148,7 +151,7 @@ def test_mean_image(tmp_path):
     np.save(tmp_path / "mean.npy", mean_image)
     cfg = DataConfig(aug=AugSpec(mean_image=str(tmp_path / "mean.npy")))
     images = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
-    std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    std = torch.tensor(datasets.DATASETS["cifar10"].std).view(3, 1, 1)
     want = (images.float() / 255 - torch.from_numpy(mean_image).permute(2, 0, 1)) / std
     torch.testing.assert_close(ops.Normalize(cfg, "cpu")(images), want)
     pixel_major = images.contiguous(memory_format=torch.channels_last)
@@ -234,21 +237,21 @@ def test_backend_needs_its_format(tiny_cifar):
     assert fmt.require_format(tiny_cifar[0], manifest, "synthetic") is None
 
 
-def test_cifar_split_indices(tiny_cifar):
+def test_split_positions(tiny_cifar):
     root, _ = tiny_cifar
     cfg = cifar_cfg(root)
-    train, val = cifar_split_indices(cfg, "train"), cifar_split_indices(cfg, "val")
+    train, val = split_positions(cfg, "train"), split_positions(cfg, "val")
     assert len(train) == 100 and len(val) == 20 and not set(train) & set(val)
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(120))
-    assert np.array_equal(val, cifar_split_indices(cifar_cfg(root), "val"))  # fixed seed
-    assert not np.array_equal(val, cifar_split_indices(cifar_cfg(root, split_seed=1), "val"))
-    assert len(cifar_split_indices(cifar_cfg(root, val_size=0), "train")) == 120
-    assert np.array_equal(cifar_split_indices(cfg, "test"), np.arange(30))
+    assert np.array_equal(val, split_positions(cifar_cfg(root), "val"))  # fixed seed
+    assert not np.array_equal(val, split_positions(cifar_cfg(root, split_seed=1), "val"))
+    assert len(split_positions(cifar_cfg(root, val_size=0), "train")) == 120
+    assert np.array_equal(split_positions(cfg, "test"), np.arange(30))
     with pytest.raises(ValueError, match="val_size"):
-        cifar_split_indices(cifar_cfg(root, val_size=120), "train")
+        split_positions(cifar_cfg(root, val_size=120), "train")
 
 
-def write_shard(path, samples, with_index):
+def write_shard(path, samples):
     """A shard written with tarfile (not the converter's writer), its index by records.format."""
     lines = []
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -259,35 +262,34 @@ def write_shard(path, samples, with_index):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 parts.append((ext, tar.offset - -(-len(data) // 512) * 512, len(data)))
-            lines.append(fmt.index_line(key, parts))
-    if with_index:
-        path.with_suffix(".idx").write_text(fmt.index_text(lines))
+            lines.append(fmt.shard_index_line(key, parts))
+    path.with_suffix(".idx").write_text(fmt.shard_index_text(lines))
 
 
-@pytest.mark.parametrize("with_index", [True, False])
-def test_shard_reader(tmp_path, with_index):
+def test_shard_reader(tmp_path):
     root = tmp_path / "imagenet"
     (root / fmt.shard_folder_rel("val")).mkdir(parents=True)
     samples = [(f"k{i:03d}", bytes([i]) * (100 + 700 * i), i % 3) for i in range(5)]
-    write_shard(root / fmt.shard_rel("val", 0), samples[:3], with_index)
-    write_shard(root / fmt.shard_rel("val", 1), samples[3:], with_index)
+    write_shard(root / fmt.shard_rel("val", 0), samples[:3])
+    write_shard(root / fmt.shard_rel("val", 1), samples[3:])
     write_manifest(root, "imagenet", {"train": 0, "val": 5}, ["a", "b", "c"])
     cfg = DataConfig(dataset="imagenet", root=str(root))
-    reader = ShardReader(shard_index(cfg, "val"))
+    reader = ShardReader(sample_table(cfg, "val"))
     assert len(reader) == 5
     for i, (_, payload, label) in enumerate(samples):
         assert reader.read(i) == (payload, label)
     assert reader.labels().tolist() == [0, 1, 2, 0, 1]
     write_manifest(root, "imagenet", {"train": 0, "val": 6}, ["a", "b", "c"])
-    with pytest.raises(ValueError, match="manifest.json says 6"):
-        shard_index(cfg, "val")
+    with pytest.raises(ValueError, match=r"webdataset/val/\*.idx: 5 samples, manifest.json says "
+                                         r"val has 6; convert again: make dataset-imagenet"):
+        sample_table(cfg, "val")
 
 
 # ----------------------------------------------------------------------------- build_loader
 @pytest.mark.parametrize("kwargs,match", [
     (dict(split="valid"), "split='valid'"),
     (dict(split="train", eval_mode="tencrop"), "eval splits"),
-    (dict(split="test", eval_mode="tencrop"), "ImageNet-only"),
+    (dict(split="test", eval_mode="tencrop"), "for ImageNet-style datasets"),
     (dict(split="test", eval_mode="sideways"), "eval_mode='sideways'"),
     (dict(split="test", scale=256), "only used with eval_mode='multiscale'"),
     (dict(split="test", rank=2, world_size=2), "rank=2"),
@@ -295,6 +297,25 @@ def test_shard_reader(tmp_path, with_index):
 def test_build_loader_refuses(tiny_cifar, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_loader(cifar_cfg(tiny_cifar[0]), device="cpu", **kwargs)
+
+
+def test_one_request_sets_every_loaders_batch_and_plan(tiny_cifar):
+    cfg = cifar_cfg(tiny_cifar[0])
+    imagenet = DataConfig(dataset="imagenet", batch_size=8, eval_batch_size=5)
+    assert LoaderRequest(cfg, "train", "cpu").batch_size == 16
+    assert LoaderRequest(cfg, "val", "cpu").batch_size == 7
+    assert LoaderRequest(imagenet, "val", "cpu", eval_mode="tencrop").batch_size == 5
+    assert LoaderRequest(imagenet, "val", "cpu", eval_mode="multiscale", scale=9).batch_size == 1
+    assert LoaderRequest(cfg, "val", "cpu").stored_split == "train"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LoaderRequest(cfg, "val", "cpu").split = "test"
+    for backend in ("native", "torchvision", "synthetic"):
+        cfg = cifar_cfg(tiny_cifar[0], backend)
+        train, val = build_loader(cfg, "train", "cpu"), build_loader(cfg, "val", "cpu")
+        assert isinstance(train, PlannedLoader) and isinstance(val, PlannedLoader)
+        assert (len(train), len(val)) == (100 // 16, -(-20 // 7)), backend
+        train.set_epoch(1, start=len(train) - 1)
+        assert len(list(train)) == 1 and len(list(train)) == len(train), backend
 
 
 def test_build_loader_refuses_imagenet_multiscale_without_scale(tmp_path):
@@ -324,7 +345,7 @@ def test_native_cifar_train_is_crop_and_flip_of_the_right_images(tiny_cifar):
     cfg = cifar_cfg(root)
     loader = build_loader(cfg, "train", "cpu", seed=4)
     assert len(loader) == 100 // 16
-    train_index = cifar_split_indices(cfg, "train")
+    train_index = split_positions(cfg, "train")
     images, labels = arrays["train"]
     flips, seen = [], []
     for epoch in range(3):
@@ -393,7 +414,7 @@ def test_baseline_workers_do_not_change_the_batches(tiny_cifar):
 def test_baseline_cifar_train_is_crop_and_flip(tiny_cifar):
     root, arrays = tiny_cifar
     cfg = cifar_cfg(root, "torchvision")
-    train_index = cifar_split_indices(cfg, "train")
+    train_index = split_positions(cfg, "train")
     loader = build_loader(cfg, "train", "cpu", seed=4)
     plan = shard_indices(100, 0, 1, 4, 0, True, True, 16)
     images = np.concatenate([to_uint8(x, cfg) for x, _ in loader])

@@ -8,10 +8,10 @@ import pytest
 
 from fixtures import make_cifar_tar, write_cifar_records, write_tiny_cifar, write_tiny_imagenet
 from pipelines import DataConfig, build_loader
-from pipelines.readers import ShardReader, shard_index
+from pipelines.readers import ShardReader, sample_table
 from records import check
 from records import format as fmt
-from tools.convert import convert
+from tools.converter.cli import convert
 
 CIFAR_BACKENDS = [pytest.param("native"), pytest.param("torchvision"),
                   pytest.param("dali", marks=pytest.mark.dali),
@@ -142,6 +142,29 @@ def test_full_verify_finds_what_the_sampled_digest_misses(records):
         cfg(records, verify="sha")
 
 
+def relist(root, *rels) -> None:
+    """Record files as they are now in the manifest (a converter that wrote them wrong)."""
+    manifest = fmt.read_manifest(root)
+    manifest["files"].update({rel: fmt.sha256_file(root / rel) for rel in rels})
+    manifest["checks"].update(fmt.file_checks(root, rels))
+    fmt.write_manifest(root, manifest)
+
+
+def test_verify_is_the_loaders_checker_in_full_mode(records):
+    """`tools/convert.py verify` reports what the loaders refuse, in the same words, for every
+    format and split at once."""
+    fix = "convert again: make dataset-cifar10 CIFAR10_SRC=..."
+    assert check.verify(records) == []
+    images, labels = (records / rel for rel in fmt.array_rels("test"))
+    overwrite(images, 5000, b"\x01\x02\x03")  # between two sampled blocks: sha256 only
+    assert check.verify(records) == [f"{images}: content differs from manifest.json (sha256); "
+                                     f"{fix}"]
+    np.save(labels, np.zeros(len(np.load(labels)), dtype=np.int64))
+    relist(records, *fmt.array_rels("test"))
+    assert check.verify(records) == [f"{labels}: per-class counts of test differ from "
+                                     f"manifest.json's; {fix}"]
+
+
 def test_old_records_are_refused_with_the_command(records):
     manifest = fmt.read_manifest(records)
     manifest.pop("checks")
@@ -191,7 +214,7 @@ def test_out_of_range_cls_is_refused(tmp_path):
     samples = [(f"k{i}", buffer.getvalue(), label) for i, label in enumerate((0, 1, 1000))]
     root = write_imagenet_records(tmp_path, {"train": samples[:2], "val": samples},
                                   n_classes=1000)
-    reader = ShardReader(shard_index(imagenet_cfg(root), "val"))
+    reader = ShardReader(sample_table(imagenet_cfg(root), "val"))
     assert reader.read(1)[1] == 1
     with pytest.raises(fmt.RecordsError, match=r"shard-000000.tar: k2.cls holds b'1000', not a "
                                                 r"label in \[0, 1000\); convert again"):
@@ -201,11 +224,11 @@ def test_out_of_range_cls_is_refused(tmp_path):
 def test_sampled_digest_reads_a_few_blocks(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(np.random.default_rng(0).bytes(1 << 20))
-    digest = check.sampled_digest(path)
-    overwrite(path, (1 << 20) - check.BLOCK, b"x")  # inside the last sampled block
-    assert check.sampled_digest(path) != digest
+    digest = fmt.sampled_digest(path)
+    overwrite(path, (1 << 20) - fmt.BLOCK, b"x")  # inside the last sampled block
+    assert fmt.sampled_digest(path) != digest
     path.write_bytes(b"short")
-    assert len(check.sampled_digest(path)) == 32
+    assert len(fmt.sampled_digest(path)) == 32
 
 
 def test_verify_is_a_config_key():

@@ -7,7 +7,7 @@ ResNet-32 run projected per step mode.
   make bench                                      # everything, from nothing but `make install`
   .venv/bin/python tools/bench.py [--cifar DIR] [--imagenet DIR] [--smoke] [...]
 
-Without --imagenet it builds an ImageNet-format set from real photos (tools/datasets/photos.py)
+Without --imagenet it builds an ImageNet-format set from real photos (tools/converter/photos.py)
 under --work and converts it (that conversion is the converter benchmark). CIFAR-10 is used when
 converted (--cifar, default data/records/cifar10 if there). Writes
 bench/results/<machine>-<date>.{json,md,png} with the device, versions, load average before and

@@ -74,7 +74,7 @@ def cifar_records(args, work: Path) -> Path | None:
         return Path(args.cifar)
     if not args.cifar_tar:
         return DEFAULT_CIFAR if (DEFAULT_CIFAR / "manifest.json").is_file() else None
-    from tools.convert import convert
+    from tools.converter.cli import convert
 
     print(f"== converting {args.cifar_tar}", flush=True)
     return convert("cifar10", src=args.cifar_tar, out=work / "records", formats=["arrays"])
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sources", default=str(SOURCES) if SOURCES.is_dir() else None,
                         help="photos for the set where scikit-image is missing (default "
                         f"{SOURCES.relative_to(ROOT)} when there; `python "
-                        "tools/datasets/photos.py --export-sources DIR` writes them)")
+                        "tools/converter/photos.py --export-sources DIR` writes them)")
     parser.add_argument("--skip", default="", help="comma list of tests,bench,paper")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run: tiny sizes")
     parser.add_argument("--timeouts", help="seconds for tests,bench,paper (default "

@@ -5,8 +5,9 @@ center: one view per image. tencrop: softmax averaged over 4 corners + center an
 the shorter-side-256 image. multiscale: the fully-convolutional net on the whole image resized to
 each shorter side in data.aug.eval_scales, softmax averaged over the scales. Loads RUN_DIR/best.pt
 and RUN_DIR/config.yaml (key=value overrides apply, e.g. data.root=... on another machine);
-writes RUN_DIR/eval_<mode>_<split>.json. The split defaults to the one a run reports: CIFAR's
-test set, ImageNet's val (ImageNet has no labelled test set).
+writes RUN_DIR/eval_<mode>_<split>.json, with each class's top-1 accuracy by name (printed, worst
+first). The split defaults to the one a run reports: CIFAR's test set, ImageNet's and a folder
+dataset's val (they have no labelled test set).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import json
 
 import torch
 
-from pipelines import build_loader, report_split
+from pipelines import build_loader, class_names, report_split
 from pipelines.spec import EVAL_MODES
 from records.format import RecordsError
 from train.config import ConfigError
@@ -52,8 +53,10 @@ def probabilities(model, loader, prec) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(probs), torch.cat(labels)
 
 
-def metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    return metrics_from_sums(accumulate(probs, labels, None).tolist())
+def metrics(probs: torch.Tensor, labels: torch.Tensor, names: list[str] | None = None) -> dict:
+    """The metrics of scores; with class names, each class's accuracy by name."""
+    sums = accumulate(probs, labels, None, len(names or ()))
+    return metrics_from_sums(sums.tolist(), names)
 
 
 def main(argv=None) -> dict:
@@ -79,12 +82,26 @@ def main(argv=None) -> dict:
         if scale is not None:
             per_scale[str(scale)] = metrics(probs, target)
     result = {"run": str(args.run_dir), "checkpoint": args.checkpoint, "mode": args.mode,
-              "split": args.split, **metrics(total / len(scales), labels)}
+              "split": args.split, **metrics(total / len(scales), labels, class_names(cfg.data))}
     if per_scale:
         result["per_scale"] = per_scale
     write_json(result, args.run_dir / f"eval_{args.mode}_{args.split}.json")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_class_accuracy"}, indent=2))
+    if "per_class_accuracy" in result:
+        print(per_class_table(result["per_class_accuracy"]))
     return result
+
+
+def per_class_table(accuracy: dict[str, float | None], limit: int = 20) -> str:
+    """Each class's accuracy, worst first (the `limit` worst of many classes)."""
+    rows = sorted(accuracy.items(), key=lambda kv: (kv[1] is not None, kv[1] or 0.0))
+    shown = rows[:limit]
+    width = max(len(name) for name, _ in shown)
+    lines = [f"per-class accuracy ({'worst ' + str(limit) + ' of ' if len(rows) > limit else ''}"
+             f"{len(rows)} classes):"]
+    lines += [f"  {name:<{width}}  " + ("no images" if acc is None else f"{acc:6.2f}%")
+              for name, acc in shown]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

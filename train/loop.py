@@ -170,33 +170,49 @@ def predict(model, images: torch.Tensor, precision: Precision) -> torch.Tensor:
     return probs.unflatten(0, (-1, crops)).mean(1) if crops else probs
 
 
-def accumulate(probs: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor | None):
-    """Add [nll sum, top-1 correct, top-5 correct, count] of a batch to `sums` (on device)."""
-    k = min(5, probs.shape[1])
-    top = probs.topk(k, dim=1).indices == labels[:, None]
+def accumulate(probs: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor | None,
+               classes: int = 0):
+    """Add [nll sum, top-1 correct, top-5 correct, count] of a batch to `sums` (on the device,
+    no host sync), then with `classes`, per class: top-1 correct (classes), count (classes)."""
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices == labels[:, None]
     nll = -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum()
     count = torch.full((), labels.shape[0], device=labels.device)
-    batch = torch.stack([nll, top[:, 0].sum(), top.any(1).sum(), count]).double()
+    hits = top[:, 0]
+    per_class = torch.zeros(2, classes, dtype=torch.float64, device=labels.device)
+    if classes:
+        per_class[0].index_add_(0, labels, hits.double())
+        per_class[1].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+    batch = torch.cat([torch.stack([nll, hits.sum(), top.any(1).sum(), count]).double(),
+                       per_class.flatten()])
     return batch if sums is None else sums + batch
 
 
-def metrics_from_sums(sums: list[float]) -> dict:
-    nll, top1, top5, count = sums
-    count = max(count, 1)
-    return {"loss": nll / count, "top1_error": 100.0 * (1 - top1 / count),
-            "top5_error": 100.0 * (1 - top5 / count), "count": int(sums[3])}
+def metrics_from_sums(sums: list[float], class_names: list[str] | None = None) -> dict:
+    """Loss, top-1/top-5 error (%) and count; with class_names (sums accumulated with as many
+    classes), each class's top-1 accuracy (%, None for a class without images) by name."""
+    nll, top1, top5, count = sums[:4]
+    metrics = {"loss": nll / max(count, 1), "top1_error": 100.0 * (1 - top1 / max(count, 1)),
+               "top5_error": 100.0 * (1 - top5 / max(count, 1)), "count": int(count)}
+    if class_names:
+        classes = len(class_names)
+        hits, seen = sums[4:4 + classes], sums[4 + classes:4 + 2 * classes]
+        metrics["per_class_accuracy"] = {
+            name: (100.0 * h / n if n else None) for name, h, n in zip(class_names, hits, seen)}
+    return metrics
 
 
 @torch.inference_mode()
-def evaluate(model, loader, precision: Precision, env: DistEnv) -> dict:
-    """Loss, top-1 and top-5 error (%) over an eval split, summed across ranks."""
+def evaluate(model, loader, precision: Precision, env: DistEnv,
+             class_names: list[str] | None = None) -> dict:
+    """Loss, top-1 and top-5 error (%) over an eval split, summed across ranks; with
+    class_names, each class's accuracy too."""
     was_training = model.training
     model.eval()
-    sums = None
+    classes, sums = len(class_names or ()), None
     for images, labels in loader:
-        sums = accumulate(predict(model, images, precision), labels, sums)
+        sums = accumulate(predict(model, images, precision), labels, sums, classes)
     if sums is None:
-        sums = torch.zeros(4, dtype=torch.float64, device=env.device)
+        sums = torch.zeros(4 + 2 * classes, dtype=torch.float64, device=env.device)
     all_reduce_sum(sums, env)
     model.train(was_training)
-    return metrics_from_sums(sums.tolist())
+    return metrics_from_sums(sums.tolist(), class_names)

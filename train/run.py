@@ -28,7 +28,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from pipelines import build_loader, report_split, selection_split
+from pipelines import build_loader, class_names, report_split, selection_split
+from records import datasets
 from records.format import RecordsError
 from train import checkpoint as ckpt
 from train import distributed
@@ -56,8 +57,15 @@ EXIT_CODES = {"completed": 0, "early_stopped": 0, "finished": 0, "nonfinite": 1,
               "interrupted": 130}
 FINISHED = ("completed", "early_stopped")  # summary.json's status of a run that is done
 ROOT = Path(__file__).resolve().parents[1]
-IMAGENET_NOTE = ("ImageNet has no labelled test set: the reported numbers are val numbers, "
-                 "on the same images that chose the best model")
+
+
+def overall(metrics: dict | None) -> dict | None:
+    """The metrics without the per-class accuracies (those go to summary.json once)."""
+    return metrics and {k: v for k, v in metrics.items() if k != "per_class_accuracy"}
+
+
+NO_TEST_NOTE = ("{} has no labelled test set: the reported numbers are val numbers, on the "
+                "same images that chose the best model")
 
 
 @dataclass
@@ -277,6 +285,7 @@ class Trainer:
 
     def create_loaders(self):
         select = selection_split(self.cfg.data)
+        self.class_names = class_names(self.cfg.data)  # per-class accuracy in the report
         return self.loader("train"), (self.loader(select) if select else None)
 
     def create_model(self):
@@ -392,7 +401,8 @@ class Trainer:
         it), time to target."""
         state, target = self.state, self.cfg.run.target_error
         distributed.sync_buffers(self.raw_model, self.env)
-        val = evaluate(self.eval_model, self.val_loader, self.precision, self.env)
+        val = evaluate(self.eval_model, self.val_loader, self.precision, self.env,
+                       self.class_names)
         self.schedule.on_eval(val["top1_error"])
         improved = self.stopper.step(val["top1_error"])
         if improved:
@@ -400,7 +410,7 @@ class Trainer:
         if target is not None and self.time_to_target is None and val["top1_error"] <= target:
             self.time_to_target = {"seconds": time.perf_counter() - self.clock0,
                                    "iteration": state.iteration, "epoch": state.epoch}
-        self.record("val", **val)
+        self.record("val", **overall(val))
         return val, improved
 
     def save_checkpoint(self, best: bool = False) -> None:
@@ -449,15 +459,15 @@ class Trainer:
             return split, final_val, (self.best or {}).get("val", final_val)
         distributed.sync_buffers(self.raw_model, self.env)
         loader = self.loader(split)
-        final = evaluate(self.eval_model, loader, self.precision, self.env)
-        self.record(split, which="final", **final)
+        final = evaluate(self.eval_model, loader, self.precision, self.env, self.class_names)
+        self.record(split, which="final", **overall(final))
         best = final
         if self.best is not None and self.best["iteration"] != self.state.iteration:
             final_state = {k: v.clone() for k, v in self.raw_model.state_dict().items()}
             best_ckpt = ckpt.load_checkpoint(self.run_dir / BEST)
             ckpt.load_model_state(self.raw_model, best_ckpt["model"])
-            best = evaluate(self.eval_model, loader, self.precision, self.env)
-            self.record(split, which="best", **best)
+            best = evaluate(self.eval_model, loader, self.precision, self.env, self.class_names)
+            self.record(split, which="best", **overall(best))
             self.raw_model.load_state_dict(final_state)
         return split, final, best
 
@@ -482,8 +492,10 @@ class Trainer:
             "epochs": round(state.iteration / len(self.train_loader), 3),
             "reported_split": split,
             f"{split}_top1_error": final["top1_error"], f"{split}_top5_error": final["top5_error"],
-            "final": {"val": val, split: final},
-            "best": None if self.best is None else {**self.best, split: best},
+            "final": {"val": overall(val), split: overall(final)},
+            "best": None if self.best is None else {**self.best, "val": overall(self.best["val"]),
+                                                    split: overall(best)},
+            "per_class_accuracy": final.get("per_class_accuracy"),  # the final model's
             "images_per_sec": state.images / max(state.train_time, 1e-9),
             "step": self.plan.why, "speed": self.watch.summary(),
             "data_wait_fraction": wait, "data_verdict": data_verdict(wait),
@@ -493,8 +505,8 @@ class Trainer:
             "iteration_to_target": None if tta is None else tta["iteration"],
             "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         }
-        if cfg.data.dataset == "imagenet":
-            summary["note"] = IMAGENET_NOTE
+        if split == selection_split(cfg.data):
+            summary["note"] = NO_TEST_NOTE.format(datasets.get(cfg.data.dataset).title)
         write_json(summary, self.run_dir / "summary.json")
         plot_curves(read_metrics(self.run_dir), self.run_dir / "curves.png",
                     title=f"{cfg.model.name} {cfg.data.dataset}")

@@ -50,7 +50,7 @@ def precision(cfg: Config, device: torch.device) -> Precision:
 
 def model_for(cfg: Config, device: torch.device) -> nn.Module:
     """The config's model, freshly initialised (torch's RNG), on `device` in its layout."""
-    model = build_model(cfg.model.name, num_classes(cfg.data.dataset),
+    model = build_model(cfg.model.name, num_classes(cfg.data),
                         shortcut=cfg.model.shortcut,
                         zero_init_residual=cfg.model.zero_init_residual,
                         stride_in_1x1=cfg.model.stride_in_1x1)

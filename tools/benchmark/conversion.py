@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from tools.convert import JPEG_QUALITY, TRAIN_MAX_SIDE, VAL_MAX_SIDE, default_workers
-from tools.datasets.images import fit_shorter
+from tools.converter.cli import default_workers
+from tools.converter.datasets.imagenet import JPEG_QUALITY, TRAIN_MAX_SIDE, VAL_MAX_SIDE
+from tools.converter.sources.images import fit_shorter
 
 REFERENCE_SIDE = 256  # the reference resizes every image (shorter side), as a converter may
 
@@ -39,7 +40,7 @@ def reference_rate(src: Path, limit: int = 500) -> dict:
 def converter_rates(src: Path, out: Path, formats: list[str], workers: int | None = None) -> dict:
     """Convert `src` afresh into `out` (replaced); images/s of each format's stage and of the
     whole job. Returns the records folder too."""
-    from tools.writers.imagenet import convert_imagenet
+    from tools.converter.datasets.imagenet import convert_imagenet
 
     workers = workers or default_workers()
     root = Path(out) / "imagenet"

@@ -146,7 +146,7 @@ def datasets(args, sizes: Sizes, workers: int, notes: list[str]
 def photo_records(args, sizes: Sizes, workers: int, notes: list[str]):
     """(records folder, converter comparison) of the generated photo set."""
     from tools.benchmark.conversion import compare
-    from tools.datasets.photos import write_photo_set
+    from tools.converter.photos import write_photo_set
 
     work = Path(args.work)
     n_train = args.photos or sizes.photos
@@ -156,7 +156,7 @@ def photo_records(args, sizes: Sizes, workers: int, notes: list[str]):
     write_photo_set(src, n_train, max(n_train // 10, sizes.classes), sizes.classes,
                     workers=workers, source_folder=args.sources)
     notes.append(f"ImageNet-format set: {n_train} train + {max(n_train // 10, sizes.classes)} "
-                 f"val photos (tools/datasets/photos.py, {time.perf_counter() - t0:.0f} s), "
+                 f"val photos (tools/converter/photos.py, {time.perf_counter() - t0:.0f} s), "
                  "converted below")
     formats = ["webdataset"] + (["ffcv"] if available("ffcv") is None else [])
     print(f"converting ({', '.join(formats)}) ...", flush=True)

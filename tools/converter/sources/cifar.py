@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from records import datasets
+
 from .safe_tar import members
 
 
@@ -27,7 +29,10 @@ class CifarFormat:
     meta_file: str
     label_key: str
     names_key: str
-    num_classes: int
+
+    @property
+    def num_classes(self) -> int:
+        return datasets.get(self.name).classes
 
 
 FORMATS = {
@@ -35,13 +40,12 @@ FORMATS = {
         "cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
         tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
-        "labels", "label_names", 10),
+        "labels", "label_names"),
     "cifar100": CifarFormat(
         "cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
-        ("train",), ("test",), "meta", "fine_labels", "fine_label_names", 100),
+        ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
 }
-FULL_COUNTS = {"train": 50000, "test": 10000}
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -154,7 +158,7 @@ def read_cifar(dataset: str, tar_path: Path, allow_subset: bool = False) -> Cifa
 
 
 def _check_full(labels: np.ndarray, split: str, fmt: CifarFormat, tar_path: Path) -> None:
-    want = FULL_COUNTS[split]
+    want = datasets.get(fmt.name).counts[split]
     per_class = np.bincount(labels, minlength=fmt.num_classes)
     if len(labels) != want or (per_class != want // fmt.num_classes).any():
         raise ValueError(
@@ -180,15 +184,20 @@ def download(dataset: str, dest_dir: Path, url: str | None = None) -> Path:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(
             f"could not download {dataset} from {url} ({err}); download "
-            f"{Path(fmt.url).name} yourself and pass it with --src PATH"
+            f"{Path(fmt.url).name} yourself and pass it: {_pass_it(dataset)}"
         ) from None
     md5 = _md5(tmp)
     if md5 != fmt.md5:
         tmp.unlink()
-        raise RuntimeError(f"{url}: md5 {md5} != official {fmt.md5}; pass a local tarball "
-                           "with --src PATH")
+        raise RuntimeError(f"{url}: md5 {md5} != official {fmt.md5}; pass a local tarball: "
+                           f"{_pass_it(dataset)}")
     tmp.replace(dest)
     return dest
+
+
+def _pass_it(dataset: str) -> str:
+    """How to give the converter a tarball, with make and without."""
+    return f"{datasets.get(dataset).make_target(src='PATH')} (or --src PATH)"
 
 
 def _md5(path: Path) -> str:

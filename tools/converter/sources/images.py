@@ -9,9 +9,10 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class BadImage(ValueError):
@@ -44,12 +45,15 @@ def fit_shorter(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # 16-bit grey: scale, not clip
+        levels = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")  # composite on white rather than keep what hides under alpha
         rgb = Image.new("RGB", rgba.size, (255, 255, 255))
         rgb.paste(rgba, mask=rgba.getchannel("A"))
         return rgb
-    return img.convert("RGB")  # L, CMYK (Adobe-inverted handled by PIL), P, I;16, ...
+    return img.convert("RGB")  # L, CMYK (Adobe-inverted handled by PIL), P, ...
 
 
 def _orientation(img: Image.Image) -> int | None:
@@ -59,17 +63,22 @@ def _orientation(img: Image.Image) -> int | None:
         return None
 
 
-def prepare(data: bytes, max_side: int) -> Prepared:
-    """Decode fully (so truncation is caught), convert to RGB, cap the shorter side."""
+def prepare(data: bytes, max_side: int, upright: bool = False) -> Prepared:
+    """Decode fully (so truncation is caught), convert to RGB, cap the shorter side. upright:
+    turn the image as its EXIF orientation says (how viewers show a photo); else the pixels
+    stay as stored (ImageNet's convention, and torchvision's PIL loader's)."""
     try:
         img = Image.open(io.BytesIO(data))
-        fmt, mode, size = img.format, img.mode, img.size
-        orientation = _orientation(img) if fmt == "JPEG" else 1
+        fmt, mode = img.format, img.mode
+        orientation = _orientation(img)
+        turned = upright and orientation in TRANSPOSED
+        size = img.size[::-1] if turned else img.size
         target = fit_shorter(size, max_side)
         if fmt == "JPEG" and target != size:
-            img.draft(None, target)  # DCT-domain downscale by 2/4/8, never below target
+            img.draft(None, target[::-1] if turned else target)  # DCT downscale by 2/4/8
         img.load()
-        rgb = _to_rgb(img)
+        rgb = _to_rgb(ImageOps.exif_transpose(img) if upright and orientation not in (None, 1)
+                      else img)
         if rgb.size != target:
             rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     except UnidentifiedImageError:

@@ -1,7 +1,7 @@
 """An ImageNet-format photo set for benchmarks, from nothing but scikit-image's bundled photos.
 
-  python tools/datasets/photos.py --out DIR [--train 3000] [--val 300] [--classes 100]
-  python tools/datasets/photos.py --export-sources DIR   # the photos, for --sources elsewhere
+  python tools/converter/photos.py --out DIR [--train 3000] [--val 300] [--classes 100]
+  python tools/converter/photos.py --export-sources DIR   # the photos, for --sources elsewhere
 
 Each image is a random crop of one photo, flipped at random and resized to a size drawn from
 ImageNet's distribution (longer side 500 px for most, 200-500 px for the rest; 4:3-ish aspect,

@@ -1,13 +1,13 @@
-"""The "webdataset" record writer: ImageNet tar shards and their index.
+"""The "webdataset" record writer: tar shards of images and their shard indexes.
 
-The index (records.format: DALI's wds2idx `v1.2` text format, which fn.readers.webdataset takes
-as `index_paths`) is written from offsets recorded while writing the tar, so no second pass.
+Each shard index (records.format: DALI's wds2idx `v1.2` text format, which
+fn.readers.webdataset takes as `index_paths`) is written from offsets recorded while writing the
+tar, so no second pass.
 """
 from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
 
 from records import format as fmt
 
@@ -17,11 +17,11 @@ BLOCK = tarfile.BLOCKSIZE
 
 
 class ShardWriter:
-    """One webdataset shard: `<key>.jpg` + `<key>.cls` per sample, plus its index file."""
+    """One webdataset shard: `<key>.jpg` + `<key>.cls` per sample, plus its shard index (.idx)."""
 
     def __init__(self, out: OutputDir, rel_tar: str):
         self.out, self.rel_tar = out, rel_tar
-        self.rel_idx = fmt.index_rel(rel_tar)
+        self.rel_index = fmt.shard_index_rel(rel_tar)
         self.tmp = out.tmp_path(rel_tar)
         self._file = HashingWriter(self.tmp)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
@@ -37,7 +37,7 @@ class ShardWriter:
     def add(self, key: str, jpeg: bytes, label: int) -> None:
         parts = [(ext, *self._member(f"{key}.{ext}", data))
                  for ext, data in (("jpg", jpeg), ("cls", str(label).encode("ascii")))]
-        self._index.append(fmt.index_line(key, parts))
+        self._index.append(fmt.shard_index_line(key, parts))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -53,12 +53,8 @@ class ShardWriter:
         self._file.close()
         shas = {self.rel_tar: self.out.commit(self.rel_tar, self.tmp, self._file.hexdigest(),
                                               samples=len(self), **info)}
-        tmp_idx = self.out.tmp_path(self.rel_idx)
-        tmp_idx.write_text(fmt.index_text(self._index))
-        shas[self.rel_idx] = self.out.commit(self.rel_idx, tmp_idx, samples=len(self))
+        tmp_index = self.out.tmp_path(self.rel_index)
+        tmp_index.write_text(fmt.shard_index_text(self._index))
+        shas[self.rel_index] = self.out.commit(self.rel_index, tmp_index, samples=len(self))
         return shas
 
-
-def index_count(path: Path) -> int:
-    """Samples listed by a webdataset index file (checked against its own header)."""
-    return len(fmt.parse_index(path))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from records.format import BETON_HEADER, beton_count  # noqa: F401  (verify counts with it)
+from records.format import BETON_HEADER
 
 from .atomic import OutputDir, disk_full
 from .children import die_with_parent

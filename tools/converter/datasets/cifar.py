@@ -1,16 +1,40 @@
-"""CIFAR tarball -> "arrays" (.npy) + "ffcv" (raw, lossless .beton), one atomic output at a time."""
+"""The cifar converter (cifar10, cifar100): the official python tarball (downloaded and
+md5-checked when no --src is given) -> "arrays" (.npy) + "ffcv" (raw, lossless .beton), one
+atomic output at a time."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from records import format as fmt
+from records.datasets import Dataset
 
-from ..datasets.cifar import read_cifar
-from .arrays import write_npy
-from .atomic import OutputDir, fingerprint, sha256_file
-from .ffcv import import_ffcv, write_beton
+from ..sources.cifar import download, read_cifar
+from ..writers.arrays import write_npy
+from ..writers.atomic import OutputDir, fingerprint, sha256_file
+from ..writers.ffcv import import_ffcv, write_beton
+
+NEEDS_SRC = False  # downloads the official tarball
+
+
+def add_arguments(parser, dataset: Dataset) -> None:
+    """No options beyond the common ones."""
+
+
+def convert(dataset: Dataset, src: Path | None, root: Path, *, formats, workers, strict,
+            allow_subset):
+    del strict  # every image of a tarball is read or the tarball is refused
+    info = {}
+    if src is None:
+        src, info = download(dataset.name, root.parent / "downloads"), {"downloaded": True}
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no such file (expected the {dataset.name} python "
+                                "tarball)")
+    return convert_cifar(dataset.name, src, root, formats=formats, workers=workers,
+                         allow_subset=allow_subset, source_info={"path": str(src), **info})
 
 
 class _Arrays:
@@ -60,7 +84,7 @@ def convert_cifar(dataset, tar_path, root, *, formats, workers, allow_subset, so
                 report[name]["images"] += 0 if rel.endswith("_labels.npy") else len(labels)
             splits[split] = {"count": len(labels), "per_class": np.bincount(
                 labels, minlength=len(data.classes)).tolist()}
-        out.remove_stale(set(files), under=fmt.FORMATS[dataset])
+        out.remove_stale(set(files), under=("arrays", "ffcv"))
         manifest = fmt.make_manifest(
             dataset=dataset, formats=formats, source={**source_info, "sha256": tar_sha},
             settings=settings, classes=data.classes, splits=splits, files=files, root=root,

@@ -1,12 +1,13 @@
-"""ImageNet source -> "webdataset" shards + "ffcv" .beton (JPEG), resumable shard by shard.
+"""Image sets (ImageNet, folder datasets) -> "webdataset" shards + "ffcv" .beton (JPEG),
+resumable shard by shard.
 
 Pass 1 (all formats): a process pool decodes every image (RGB, shorter side capped), which finds
 the undecodable ones before any FFCV writer starts; with "webdataset" it also writes the shards.
 Each chunk of `shard_size` source images maps to one shard and one progress note (kept count,
-per-class counts, skipped), so a rerun skips finished chunks. Pass 2 ("ffcv") re-decodes the
-kept originals with the same function and lets FFCV JPEG-encode them once; when the shards
-are written too, it stores the shards' JPEG bytes instead (decoded once in all: FFCV, DALI and
-native then read the very same bytes).
+per-class counts, skipped, pixel sums), so a rerun skips finished chunks. Pass 2 ("ffcv")
+re-decodes the kept originals with the same function and lets FFCV JPEG-encode them once; when
+the shards are written too, it stores the shards' JPEG bytes instead (decoded once in all: FFCV,
+DALI and native then read the very same bytes).
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from tqdm import tqdm
 
 from records import format as fmt
 
-from ..datasets.imagenet import Item, load_source, read_item
-from ..datasets.images import BadImage, encode_jpeg, prepare
-from .atomic import OutputDir, fingerprint
+from ..sources.imagenet import Item, read_item
+from ..sources.images import BadImage, encode_jpeg, prepare
+from .atomic import OutputDir
 from .children import die_with_parent
 from .ffcv import import_ffcv, page_size_for, write_beton
 from .webdataset import ShardWriter
@@ -44,32 +45,65 @@ def auto_shard_size(n: int) -> int:
     return min(MAX_SHARD, max(1, math.ceil(n / MIN_SHARDS)))
 
 
-def _scan(task: tuple[Item, int, int, bool]):
-    """Pool worker: ("ok", jpeg bytes or None, raw RGB bytes) or ("bad", reason, 0)."""
-    item, max_side, quality, want_jpeg = task
+@dataclass(frozen=True)
+class ImageSettings:
+    """How every image of a set is stored."""
+
+    quality: int  # JPEG quality of re-encoded images (FFCV re-encodes all of them)
+    max_side: dict[str, int]  # cap on the shorter side, per split
+    shard_size: int | None = None  # images per shard (None: auto_shard_size)
+    upright: bool = False  # apply the EXIF orientation (photos as they are shown)
+    stats: bool = False  # sum the train pixels for the per-channel mean and std
+
+    def manifest(self) -> dict:
+        upright = {"exif_upright": True} if self.upright else {}  # ImageNet's keys unchanged
+        return {"jpeg_quality": self.quality, "max_shorter_side": self.max_side,
+                "shard_size": self.shard_size, **upright}
+
+
+def pixel_sums(pixels: np.ndarray) -> list[float]:
+    """[sum R, G, B, sum of squares R, G, B, pixels] of a uint8 HxWx3 image, on the 0-1 scale."""
+    flat = pixels.reshape(-1, 3).astype(np.float64) / 255.0
+    return [*flat.sum(0).tolist(), *np.square(flat).sum(0).tolist(), float(len(flat))]
+
+
+def mean_std(sums) -> dict[str, list[float]]:
+    """Per-channel mean and std from added-up pixel_sums."""
+    sums = np.asarray(sums, dtype=np.float64)
+    mean = sums[:3] / sums[6]
+    std = np.sqrt(np.maximum(sums[3:6] / sums[6] - mean ** 2, 0.0))
+    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+
+
+def _scan(task: tuple[Item, int, ImageSettings, bool, bool]):
+    """Pool worker: ("ok", jpeg bytes or None, raw RGB bytes, pixel sums or None) or
+    ("bad", reason, 0, None)."""
+    item, max_side, settings, want_jpeg, want_sums = task
     data = read_item(item)  # an I/O error is fatal, not a skip
     try:
-        prepared = prepare(data, max_side)
-        raw = prepared.array().nbytes
+        prepared = prepare(data, max_side, upright=settings.upright)
+        pixels = prepared.array()
     except BadImage as err:
-        return "bad", str(err), 0
+        return "bad", str(err), 0, None
+    sums = pixel_sums(pixels) if want_sums else None
     if not want_jpeg:
-        return "ok", None, raw
-    return "ok", data if prepared.passthrough else encode_jpeg(prepared.image, quality), raw
+        return "ok", None, pixels.nbytes, sums
+    jpeg = data if prepared.passthrough else encode_jpeg(prepared.image, settings.quality)
+    return "ok", jpeg, pixels.nbytes, sums
 
 
 class _Kept:
     """dataset[i] -> (RGB uint8 array, label), run by FFCV's writer workers."""
 
-    def __init__(self, items: list[Item], max_side: int):
-        self.items, self.max_side = items, max_side
+    def __init__(self, items: list[Item], max_side: int, upright: bool):
+        self.items, self.max_side, self.upright = items, max_side, upright
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
         item = self.items[i]
-        return prepare(read_item(item), self.max_side).array(), item.label
+        return prepare(read_item(item), self.max_side, upright=self.upright).array(), item.label
 
 
 class _FromShards:
@@ -81,7 +115,7 @@ class _FromShards:
         for rel in files:
             if rel.endswith(".idx"):
                 tar = str(out.path(rel[:-len(".idx")] + ".tar"))
-                for key, parts in fmt.parse_index(out.path(rel)).items():
+                for key, parts in fmt.read_shard_index(out.path(rel)).items():
                     where[key] = (tar, *parts["jpg"])
         self.entries = [(*where[item.key], item.label) for item in kept]
 
@@ -109,6 +143,7 @@ class SplitResult:
     written: int = 0  # images processed by this run (not reused)
     max_raw: int = 0  # largest decoded image in bytes: sizes FFCV's pages
     shard_size: int = 0
+    pixel_sums: list[float] | None = None  # settings.stats: added-up pixel_sums of the kept
 
 
 @dataclass
@@ -117,22 +152,25 @@ class Job:
     formats: tuple[str, ...]
     workers: int
     strict: bool
-    quality: int
+    settings: ImageSettings
     n_classes: int
 
-    def split(self, split: str, items: list[Item], max_side: int, shard_size: int | None):
-        size = shard_size or auto_shard_size(len(items))
+    def split(self, split: str, items: list[Item]):
+        size = self.settings.shard_size or auto_shard_size(len(items))
+        sums = self.settings.stats and split == "train"
         chunks = [range(s, min(s + size, len(items))) for s in range(0, len(items), size)]
         shards = "webdataset" in self.formats
         notes, todo = {}, []
         for k, chunk in enumerate(chunks):
             note = self.out.note(f"scan/{split}/{k:06d}")
-            if self._reusable(note, shards):
+            if self._reusable(note, shards) and (not sums or note.get("pixel_sums")):
                 notes[k] = note
             else:
                 todo.append((k, chunk))
         result = SplitResult(per_class=np.zeros(self.n_classes, dtype=np.int64), shard_size=size)
-        tasks = [(items[i], max_side, self.quality, shards) for _, chunk in todo for i in chunk]
+        max_side = self.settings.max_side[split]
+        tasks = [(items[i], max_side, self.settings, shards, sums)
+                 for _, chunk in todo for i in chunk]
         if tasks:
             with Pool(self.workers, die_with_parent, (os.getpid(),)) as pool:
                 results = pool.imap(_scan, tasks, chunksize=4)
@@ -150,6 +188,8 @@ class Job:
             result.skipped += [{"file": s["file"], "reason": s["reason"]} for s in note["skipped"]]
             result.per_class += np.asarray(note["per_class"], dtype=np.int64)
             result.max_raw = max(result.max_raw, note["max_raw"])
+            if sums:
+                result.pixel_sums = np.add(result.pixel_sums or 0.0, note["pixel_sums"]).tolist()
             if shards:
                 result.files.update(note["files"])
         if self.strict and result.skipped:
@@ -169,9 +209,9 @@ class Job:
 
     def _chunk(self, split: str, k: int, chunk: range, items: list[Item], results, shards: bool):
         shard = ShardWriter(self.out, fmt.shard_rel(split, k)) if shards else None
-        skipped, per_class, max_raw = [], [0] * self.n_classes, 0
+        skipped, per_class, max_raw, sums = [], [0] * self.n_classes, 0, [0.0] * 7
         for i in chunk:
-            status, payload, raw = next(results)
+            status, payload, raw, pixels = next(results)
             item = items[i]
             if status == "bad":
                 if self.strict:
@@ -180,19 +220,21 @@ class Job:
                 continue
             per_class[item.label] += 1
             max_raw = max(max_raw, raw)
+            if pixels is not None:
+                sums = np.add(sums, pixels).tolist()
             if shard is not None:
                 shard.add(item.key, payload, item.label)
         files = {}
         if shard is not None:
             files = shard.commit() if len(shard) else shard.discard() or {}
         note = {"count": sum(per_class), "per_class": per_class, "skipped": skipped,
-                "files": files, "max_raw": max_raw}
+                "files": files, "max_raw": max_raw, "pixel_sums": sums}
         self.out.save_note(f"scan/{split}/{k:06d}", note)
         return note
 
 
 def _check_classes_kept(result: SplitResult, classes: list[str], src) -> None:
-    """Every class must keep a train image (tools/datasets/imagenet.py's class rule)."""
+    """Every class must keep a train image (a class with none could never be learnt)."""
     empty = [label for label, n in enumerate(result.per_class) if n == 0]
     if empty:
         files = [item.name for item in result.dropped if item.label == empty[0]]
@@ -203,63 +245,57 @@ def _check_classes_kept(result: SplitResult, classes: list[str], src) -> None:
                          "image: replace those files (or remove the class, with --allow-subset)")
 
 
-def convert_imagenet(src, root, *, formats, workers, strict, allow_subset, jpeg_quality,
-                     train_max_side, val_max_side, shard_size, shuffle_seed=0):
-    source = load_source(src, allow_subset)
-    if strict and source.skipped:
-        first = source.skipped[0]
-        raise ValueError(f"{first['file']}: {first['reason']} (--strict)")
-    for entry in source.skipped:
-        warnings.warn(f"skipped {entry['file']}: {entry['reason']}", SkippedImageWarning,
-                      stacklevel=2)
-    max_side = {"train": train_max_side, "val": val_max_side}
-    settings = {"jpeg_quality": jpeg_quality, "max_shorter_side": max_side,
-                "shard_size": shard_size, "shuffle_seed": shuffle_seed,
-                "allow_subset": allow_subset}
+
+
+@dataclass
+class ImageRecords:
+    """What write_image_splits wrote: the manifest's files, splits, skipped and stats."""
+
+    files: dict[str, str]
+    splits: dict[str, dict]
+    skipped: list[dict]
+    report: dict[str, dict]
+    stats: dict | None  # per-channel mean/std of the kept train images (settings.stats)
+
+
+def write_image_splits(out: OutputDir, splits: dict[str, list[Item]], classes: list[str], *,
+                       formats, workers: int, strict: bool, settings: ImageSettings,
+                       src) -> ImageRecords:
+    """Write every split's kept images in `formats` (webdataset, ffcv), checking that every
+    train class keeps an image, and delete the outputs this run did not produce."""
     if "ffcv" in formats:
         import_ffcv()  # fail early, and keep its slow import out of the timings
-    out = OutputDir(root, fingerprint(dataset="imagenet", source=source.identity,
-                                      settings=settings))
-    try:
-        job = Job(out, formats, workers, strict, jpeg_quality, len(source.classes))
-        order = np.random.default_rng(shuffle_seed).permutation(len(source.splits["train"]))
-        splits = {"train": [source.splits["train"][i] for i in order],
-                  "val": source.splits["val"]}
-        report = {f: {"images": 0, "seconds": 0.0} for f in ("webdataset", "ffcv", "decode")}
-        stage = "webdataset" if "webdataset" in formats else "decode"
-        results = {}
-        for split, items in splits.items():
-            t0 = time.perf_counter()
-            results[split] = job.split(split, items, max_side[split], shard_size)
-            if split == "train":
-                _check_classes_kept(results[split], source.classes, src)
-            report[stage]["seconds"] += time.perf_counter() - t0
-            report[stage]["images"] += results[split].written
-        files = {rel: sha for r in results.values() for rel, sha in r.files.items()}
-        for split, r in results.items():
-            rel = fmt.beton_rel(split)
-            if "ffcv" not in formats:
-                continue
-            shards = "webdataset" in formats
-            kept = _FromShards(out, r.files, r.kept) if shards else _Kept(r.kept, max_side[split])
-            files[rel], seconds = out.reuse_or_write(rel, partial(
-                write_beton, out, rel, kept, workers=workers, jpeg_quality=jpeg_quality,
-                page_size=page_size_for(r.max_raw), encoded=shards))
-            if seconds is not None:
-                report["ffcv"]["seconds"] += seconds
-                report["ffcv"]["images"] += len(r.kept)
-        out.remove_stale(set(files), under=fmt.FORMATS["imagenet"])
-        splits_info = {split: {"count": len(r.kept), "per_class": r.per_class.tolist(),
-                               "shard_size": r.shard_size,
-                               "shards": sum(rel.endswith(".tar") for rel in r.files)}
-                       for split, r in results.items()}
-        extra = {"class_names": source.class_names} if source.class_names else {}
-        manifest = fmt.make_manifest(
-            dataset="imagenet", formats=formats, source={"path": str(src), **source.identity},
-            settings=settings, classes=source.classes, splits=splits_info, files=files, root=root,
-            skipped=source.skipped + [s for r in results.values() for s in r.skipped],
-            fingerprint=out.fingerprint, **extra)
-        out.write_manifest(manifest)
-        return manifest, report
-    finally:
-        out.close()
+    job = Job(out, tuple(formats), workers, strict, settings, len(classes))
+    report = {f: {"images": 0, "seconds": 0.0} for f in ("webdataset", "ffcv", "decode")}
+    stage = "webdataset" if "webdataset" in formats else "decode"
+    results = {}
+    for split, items in splits.items():
+        t0 = time.perf_counter()
+        results[split] = job.split(split, items)
+        if split == "train":
+            _check_classes_kept(results[split], classes, src)
+        report[stage]["seconds"] += time.perf_counter() - t0
+        report[stage]["images"] += results[split].written
+    files = {rel: sha for r in results.values() for rel, sha in r.files.items()}
+    for split, r in results.items():
+        rel = fmt.beton_rel(split)
+        if "ffcv" not in formats:
+            continue
+        shards = "webdataset" in formats
+        kept = (_FromShards(out, r.files, r.kept) if shards
+                else _Kept(r.kept, settings.max_side[split], settings.upright))
+        files[rel], seconds = out.reuse_or_write(rel, partial(
+            write_beton, out, rel, kept, workers=workers, jpeg_quality=settings.quality,
+            page_size=page_size_for(r.max_raw), encoded=shards))
+        if seconds is not None:
+            report["ffcv"]["seconds"] += seconds
+            report["ffcv"]["images"] += len(r.kept)
+    out.remove_stale(set(files), under=("webdataset", "ffcv"))
+    splits_info = {split: {"count": len(r.kept), "per_class": r.per_class.tolist(),
+                           "shard_size": r.shard_size,
+                           "shards": sum(rel.endswith(".tar") for rel in r.files)}
+                   for split, r in results.items()}
+    train = results.get("train")
+    stats = mean_std(train.pixel_sums) if settings.stats and train and train.kept else None
+    return ImageRecords(files, splits_info, [s for r in results.values() for s in r.skipped],
+                        report, stats)

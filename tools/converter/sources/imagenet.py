@@ -12,6 +12,7 @@ label must be one of the train classes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -105,15 +106,28 @@ def read_devkit(path: Path) -> Devkit:
     return Devkit(leaves, {str(w): str(t) for w, t in zip(synsets["WNID"], words)}, val_ids)
 
 
-def _image_ext(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTS
+def _link_problem(path: str) -> str | None:
+    """Why a symbolic link cannot be followed (None: it can)."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return "symbolic link loop" if err.errno == errno.ELOOP else \
+            f"broken symbolic link ({err.strerror})"
+    return None
 
 
-class _Lister:
-    """Collects (name, stem, path, offset, size) per class, skipped entries and an identity."""
+def _contains_itself(path: str) -> bool:
+    """A folder link pointing at one of its own ancestors (listing it would never end)."""
+    target, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(path))
+    return parent == target or parent.startswith(target.rstrip(os.sep) + os.sep)
 
-    def __init__(self, src: Path):
-        self.src = src
+
+class Lister:
+    """Collects (name, stem, path, offset, size) per class, skipped entries and an identity;
+    files with an extension outside `exts` are listed skips."""
+
+    def __init__(self, src: Path, exts=IMAGE_EXTS):
+        self.src, self.exts = src, frozenset(exts)
         self.skipped: list[dict] = []
         self._digest = hashlib.sha256()
 
@@ -126,16 +140,28 @@ class _Lister:
     def digest(self) -> str:
         return self._digest.hexdigest()
 
-    def folder(self, folder: Path) -> list[tuple]:
-        """Image files of one class folder, sorted by name."""
-        out = []
+    def image_ext(self, name: str) -> bool:
+        return PurePosixPath(name).suffix.lower() in self.exts
+
+    def entries(self, folder: Path):
+        """(entry, path relative to the source, why its link cannot be followed or None) of a
+        folder, sorted by name; hidden entries are listed skips."""
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             rel = Path(entry.path).relative_to(self.src).as_posix()
             if entry.name.startswith("."):
                 self.skip(rel, "hidden entry ignored")
+            else:
+                yield entry, rel, _link_problem(entry.path) if entry.is_symlink() else None
+
+    def folder(self, folder: Path) -> list[tuple]:
+        """Image files of one class folder, sorted by name."""
+        out = []
+        for entry, rel, link in self.entries(folder):
+            if link:
+                self.skip(rel, link)
             elif entry.is_dir():
                 self.skip(rel, "nested folder ignored")
-            elif not _image_ext(entry.name):
+            elif not self.image_ext(entry.name):
                 self.skip(rel, "not an image file extension")
             else:
                 size = entry.stat().st_size
@@ -145,16 +171,20 @@ class _Lister:
 
     def class_folders(self, root: Path) -> dict[str, list[tuple]]:
         classes = {}
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            rel = Path(entry.path).relative_to(self.src).as_posix()
-            if entry.name.startswith("."):
-                self.skip(rel, "hidden entry ignored")
+        for entry, rel, link in self.entries(root):
+            if link:
+                raise ValueError(f"{entry.path}: a class folder that is a {link}")
             elif not entry.is_dir():
                 self.skip(rel, "not a class folder")
+            elif entry.is_symlink() and _contains_itself(entry.path):
+                raise ValueError(f"{entry.path}: a class folder that is a symbolic link loop "
+                                 f"(it points to {os.path.realpath(entry.path)}, which holds it)")
             else:
                 classes[entry.name] = self.folder(Path(entry.path))
                 if not classes[entry.name]:
-                    raise ValueError(f"{entry.path}: empty class folder (no image files)")
+                    raise ValueError(f"{entry.path}: empty class folder (no "
+                                     f"{'/'.join(sorted(e[1:] for e in self.exts))} files); "
+                                     "add images or remove it")
         return classes
 
     def train_tar(self, path: Path) -> dict[str, list[tuple]]:
@@ -179,7 +209,7 @@ class _Lister:
                             continue
                         if not im.isfile() or im.issparse():
                             self.skip(name, "not a regular file")
-                        elif not _image_ext(im.name):
+                        elif not self.image_ext(im.name):
                             self.skip(name, "not an image file extension")
                         else:
                             self.seen(name, im.size)
@@ -251,22 +281,26 @@ def _check_classes(classes: list[str], devkit: Devkit | None, allow_subset: bool
 
 def _keys(entries: list[tuple[str, tuple]]) -> list[str]:
     """Unique webdataset keys from file stems (no dots: the reader splits the name there)."""
-    stems = [re.sub(r"[^A-Za-z0-9_-]", "_", e[1]) for _, e in entries]
+    def plain(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+    stems = [plain(e[1]) for _, e in entries]
     if len(set(stems)) < len(stems):
-        stems = [f"{wnid}_{s}" for (wnid, _), s in zip(entries, stems)]
+        stems = [f"{plain(wnid)}_{s}" for (wnid, _), s in zip(entries, stems)]
     if len(set(stems)) < len(stems):
         stems = [f"{i:08d}_{s}" for i, s in enumerate(stems)]
     return stems
 
 
-def _items(entries: list[tuple[str, tuple]], index: dict[str, int]) -> list[Item]:
+def make_items(entries: list[tuple[str, tuple]], index: dict[str, int]) -> list[Item]:
+    """Items of (class, listed entry) pairs, labelled by `index`, with unique keys."""
     return [Item(e[0], key, index[wnid], e[2], e[3], e[4])
             for (wnid, e), key in zip(entries, _keys(entries))]
 
 
 def load_source(src: Path, allow_subset: bool = False) -> ImageNetSource:
     src = Path(src)
-    lister = _Lister(src)
+    lister = Lister(src)
     devkit = read_devkit(src / DEVKIT) if (src / DEVKIT).is_file() else None
     if (src / "train").is_dir():
         layout = "folders"
@@ -311,8 +345,8 @@ def load_source(src: Path, allow_subset: bool = False) -> ImageNetSource:
         layout=layout,
         classes=classes,
         class_names=[devkit.words.get(w, w) for w in classes] if devkit else None,
-        splits={"train": _items(train_entries, index),
-                "val": _items(sorted(val, key=lambda v: (v[1][1], v[1][0])), index)},
+        splits={"train": make_items(train_entries, index),
+                "val": make_items(sorted(val, key=lambda v: (v[1][1], v[1][0])), index)},
         skipped=lister.skipped,
         identity=identity,
     )
