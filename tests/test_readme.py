@@ -34,7 +34,14 @@ def commands(text: str) -> list[list[str]]:
 
 
 def make_targets() -> set[str]:
-    return set(re.findall(r"^([a-z0-9-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+    """The Makefile's targets; its `dataset-%` rule makes one per dataset of the table."""
+    from records.datasets import DATASETS
+
+    text = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z0-9-]+):", text, flags=re.M))
+    if re.search(r"^dataset-%:", text, flags=re.M):
+        targets |= {f"dataset-{name}" for name in DATASETS}
+    return targets
 
 
 def made_by(words: list[str]) -> set[str]:
@@ -46,8 +53,8 @@ def made_by(words: list[str]) -> set[str]:
         target = words[1]
         if target == "quickstart":
             made |= {"runs/quickstart", "data/records/cifar10"}
-        if target.startswith("dataset-"):
-            made.add(f"data/records/{target.removeprefix('dataset-')}")
+        if target.startswith("dataset-"):  # the folder dataset's records are named NAME
+            made.add(f"data/records/{settings.get('NAME', target.removeprefix('dataset-'))}")
         if target == "reproduce-cifar":
             budget = args[args.index("--budget") + 1] if "--budget" in args else None
             made.add(f"runs/reproduce-cifar-budget{budget}" if budget else "runs/reproduce-cifar")

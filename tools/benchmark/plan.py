@@ -11,6 +11,7 @@ import torch
 
 from pipelines.spec import AugSpec, DataConfig
 from records import format as fmt
+from records.datasets import get as dataset_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("native", "torchvision", "ffcv", "dali")
@@ -95,7 +96,7 @@ def available(backend: str, dataset: Dataset | None = None) -> str | None:
             return f"{module} not installed"
     except (ImportError, ValueError):
         return f"{module} not installed"
-    needed = dataset and fmt.backend_format(dataset.name, backend)
+    needed = dataset and dataset_entry(dataset.name).reads(backend)
     if needed and needed not in dataset.formats:
         return (f"{dataset.records} holds no {needed} records (converted to "
                 f"{', '.join(dataset.formats)} only)")
