@@ -258,7 +258,8 @@ class Trainer:
         where = f"resumed at iteration {state.iteration}" if resumed else "new run"
         tqdm.write(f"{self.run_dir} ({where}): {cfg.model.name} on {cfg.data.dataset} "
                    f"[{cfg.data.backend}], {self.env.device} x{self.env.world_size}, "
-                   f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations")
+                   f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations, "
+                   f"{self.precision.label}")
         return MetricsLog(self.run_dir, resume_iter=state.iteration if resumed else None)
 
     # ---- the loop
