@@ -116,3 +116,22 @@ def test_a_cpu_run_says_its_precision_and_evaluate_agrees(colour_cifar, tmp_path
     assert summary["final"]["val"]["top1_error"] < 90  # 10 classes: chance is 90%
     again = evaluate_main([str(tmp_path / "r")])  # best.pt, in the run's precision
     assert again["top1_error"] == summary["best"]["test"]["top1_error"]
+
+
+def test_cpu_recipe_benchmark_writes_its_table(tmp_path):
+    """tools/benchmark/cpu_recipe.py, eager only and tiny: both precisions from the same weights,
+    timed against fp32 eager, recorded as JSON and Markdown."""
+    from tools.benchmark import cpu_recipe
+
+    threads = torch.get_num_threads()
+    result = cpu_recipe.main(["--batch", "8", "--steps", "1", "--warmup", "1", "--rounds", "2",
+                              "--modes=", "--threads", "1", "--out", str(tmp_path),
+                              "--name", "r"])
+    torch.set_num_threads(threads)
+    fp32, bf16 = result["rows"]
+    assert (fp32["name"], bf16["name"]) == ("fp32 eager", "bf16 eager")
+    assert fp32["vs_fp32_eager"] == 1.0 and fp32["grad_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert 0.98 < bf16["grad_cosine"] < 1.0 and bf16["loss_rel_diff"] < 1e-2  # bf16, not fp32
+    assert all(len(r["rounds_images_per_s"]) == 2 and r["images_per_s"] > 0 for r in (fp32, bf16))
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == result["rows"]
+    assert "| bf16 eager |" in (tmp_path / "r.md").read_text()
