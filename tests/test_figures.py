@@ -22,7 +22,7 @@ from train.checkpoint import save_atomic
 from train.config import dump_config, load_config
 from train.metrics import figure_runs, read_metrics, train_points
 from train.run import main as train
-from train.setup import load_run
+from train.setup import load_run, precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.val_size=64", "data.batch_size=32", "data.eval_batch_size=64", "run.threads=1"]
@@ -64,10 +64,10 @@ def expected_grid(run_dir: Path, k: int, split: str = "test") -> tuple[list[int]
     cfg, model = load_run(run_dir, device="cpu")
     captured = []
     model.fc.register_forward_hook(lambda module, args, output: captured.append(args[0]))
-    with torch.inference_mode():
+    with torch.inference_mode(), precision(cfg, torch.device("cpu")).autocast():  # the run's
         for batch, _ in build_loader(cfg.data, split, "cpu"):
             model(batch)
-    features = torch.cat(captured)
+    features = torch.cat(captured).float()
     chosen = sorted(features.var(0).topk(k).indices.tolist())
     rows = []
     for f in chosen:

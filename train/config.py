@@ -115,7 +115,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     threads: int = 0  # torch.set_num_threads on CPU; 0 = torch's default
-    amp: str = "bf16"  # autocast dtype on CUDA: bf16 | fp16 | none (CPU always runs fp32)
+    # auto | bf16 | fp16 | none. auto: bf16 autocast on CUDA and on CPUs with native bf16
+    # (AVX512_BF16, AMX), fp32 elsewhere; fp16 is CUDA-only (fp32 on CPU); none: fp32
+    amp: str = "auto"
     # torch.compile mode: auto (the fastest measured for the device: train/step.py) | false |
     # default | max-autotune | reduce-overhead
     compile: bool | str = "auto"
@@ -131,8 +133,8 @@ class RunConfig:
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"run.device={self.device!r}: expected one of auto, cpu, cuda")
-        if self.amp not in ("bf16", "fp16", "none"):
-            raise ValueError(f"run.amp={self.amp!r}: expected one of bf16, fp16, none")
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"run.amp={self.amp!r}: expected one of auto, bf16, fp16, none")
         if self.compile is True:
             self.compile = "default"
         if self.compile in ("false", "none"):

@@ -329,7 +329,7 @@ class Trainer:
         tqdm.write(f"{self.run_dir} ({where}): {cfg.model.name} on {cfg.data.dataset} "
                    f"[{cfg.data.backend}], {self.env.device} x{self.env.world_size}, "
                    f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations; "
-                   f"{self.plan.why}")
+                   f"{self.precision.label}, {self.plan.why}")
         return MetricsLog(self.run_dir, resume_iter=state.iteration if resumed else None)
 
     # ---- the loop

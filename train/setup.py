@@ -4,6 +4,7 @@ train/run.py, train/evaluate.py and the tools that read runs."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +16,32 @@ from pipelines import num_classes
 from train import checkpoint as ckpt
 from train.config import Config, ConfigError, load_config
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.cache
+def cpu_bf16() -> str | None:
+    """The instruction set this CPU computes bf16 with ("AMX", "AVX512_BF16"), or None when it
+    has neither and bf16 would be emulated (slower than fp32). Linux reads /proc/cpuinfo's
+    flags; elsewhere torch's own CPU probe, when this torch has it."""
+    try:
+        flags = set(CPUINFO.read_text().split())
+    except OSError:
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return "AVX512_BF16" if probe is not None and probe() else None
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX512_BF16" if "avx512_bf16" in flags else None
+
 
 @dataclass(frozen=True)
 class Precision:
-    """How a run computes on its device. CPU always runs fp32."""
+    """How a run computes on its device; `label` says which, and why, for the run header."""
 
-    amp_dtype: torch.dtype | None  # autocast dtype on CUDA; None = fp32
+    amp_dtype: torch.dtype | None  # autocast dtype; None = fp32
     memory_format: torch.memory_format
     device_type: str
+    label: str = "fp32"
 
     def autocast(self, cache: bool = True):
         """A fresh autocast context for one forward pass (cache=False inside a CUDA-graph
@@ -36,16 +55,34 @@ class Precision:
         return torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
 
 
+def autocast_dtype(amp: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None, label) for run.amp on `device`. auto: bf16 on CUDA, and on a
+    CPU that computes bf16 natively (bench/results/cpu-recipe-2026-12-04.md); fp32 elsewhere.
+    fp16 autocast is CUDA's: a CPU runs it in fp32."""
+    if amp == "none":
+        return None, "fp32 (run.amp=none)"
+    if device.type == "cuda":
+        dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        return dtype, f"{'fp16' if amp == 'fp16' else 'bf16'} autocast (CUDA)"
+    if amp == "fp16":
+        return None, "fp32 (run.amp=fp16 is CUDA-only)"
+    isa = cpu_bf16()
+    if isa is not None:
+        return torch.bfloat16, f"bf16 autocast ({isa})"
+    if amp == "bf16":
+        return torch.bfloat16, "bf16 autocast (emulated: this CPU has no AVX512_BF16 or AMX)"
+    return None, "fp32 (this CPU has no AVX512_BF16 or AMX)"
+
+
 def precision(cfg: Config, device: torch.device) -> Precision:
-    cuda = device.type == "cuda"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp) if cuda else None
+    amp, label = autocast_dtype(cfg.run.amp, device)
     if cfg.data.dtype == "bfloat16" and amp is not torch.bfloat16:
-        raise ConfigError("data.dtype=bfloat16 needs CUDA with run.amp=bf16; "
-                          f"here device={device}, run.amp={cfg.run.amp}")
+        raise ConfigError(f"data.dtype=bfloat16 needs a run that autocasts in bf16; here "
+                          f"device={device}, run.amp={cfg.run.amp}: {label}")
     # channels_last pays on CPU too (bench/results/cpu-2c-2026-12-02.md, interleaved rounds on a
     # quiet 2-core machine): ResNet-32 1.28x at batch 128, ResNet-34 1.12x at 224 px.
     layout = torch.channels_last if cfg.data.channels_last else torch.contiguous_format
-    return Precision(amp, layout, device.type)
+    return Precision(amp, layout, device.type, label)
 
 
 def model_for(cfg: Config, device: torch.device) -> nn.Module:
