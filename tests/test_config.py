@@ -11,9 +11,9 @@ from models import MODELS
 from pipelines.spec import num_classes
 from records import datasets
 from records import format as fmt
+from train.build import model_for
 from train.config import ConfigError, dump_config, load_config, parse_value, valid_keys
 from train.schedule import LRSchedule, build_optimizer
-from train.setup import model_for
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -11,6 +11,7 @@ import torch
 from fixtures import tiny_args
 from models import build_model
 from pipelines import DataConfig, build_loader
+from train.build import Precision
 from train.config import load_config
 from train.distributed import DistEnv
 from train.loop import LoopSettings, RunHooks, TrainState, data_verdict, train_one_epoch
@@ -18,7 +19,6 @@ from train.meter import Meter
 from train.metrics import read_metrics
 from train.run import main
 from train.schedule import LRSchedule
-from train.setup import Precision
 from train.step import TrainStep
 
 

@@ -18,11 +18,11 @@ from fixtures import as_uint8_hwc, tiny_args, write_tiny_imagenet
 from models import build_model, shortcut_of
 from records import format as fmt
 from tools import compare, feature_grid, published, reproduce_cifar, table
+from train.build import load_run, precision
 from train.checkpoint import save_atomic
 from train.config import dump_config, load_config
 from train.metrics import figure_runs, read_metrics, train_points
 from train.run import main as train
-from train.setup import load_run, precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.val_size=64", "data.batch_size=32", "data.eval_batch_size=64", "run.threads=1"]

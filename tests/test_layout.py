@@ -2,8 +2,8 @@
 too, for ResNet-32 and ResNet-34); data.channels_last=false turns it off everywhere."""
 import torch
 
+from train.build import model_for, precision
 from train.config import load_config
-from train.setup import model_for, precision
 
 
 def test_channels_last_by_default_and_off_on_request():

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from fixtures import subprocess_env, tiny_args, write_tiny_imagenet
+from train.build import Precision
 from train.checkpoint import clean_state_dict, load_checkpoint, save_atomic, unwrap
 from train.config import load_config
 from train.loop import TrainState, evaluate, train_one_epoch
 from train.metrics import read_metrics
 from train.run import main
 from train.schedule import EarlyStopper, LRSchedule
-from train.setup import Precision
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -9,6 +9,7 @@ import torch
 
 from fixtures import tiny_args, write_tiny_cifar
 from pipelines import build_loader
+from train.build import model_for, precision
 from train.checkpoint import load_checkpoint
 from train.config import load_config
 from train.distributed import DistEnv
@@ -16,7 +17,6 @@ from train.loop import LoopSettings, RunHooks, TrainState, train_one_epoch
 from train.meter import Meter
 from train.run import main
 from train.schedule import LRSchedule, build_optimizer
-from train.setup import model_for, precision
 from train.step import TrainStep, plan_step
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

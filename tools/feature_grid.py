@@ -31,9 +31,9 @@ from pipelines import build_loader, report_split  # noqa: E402
 from pipelines.ops import unnormalize  # noqa: E402
 from records.format import RecordsError  # noqa: E402
 from tools.runs import read_run  # noqa: E402
+from train.build import load_run, precision  # noqa: E402
 from train.checkpoint import CheckpointError  # noqa: E402
 from train.config import ConfigError  # noqa: E402
-from train.setup import load_run, precision  # noqa: E402
 
 PER_SIDE = 10
 MAX_CELL = 64  # larger eval views (ImageNet's 224) are shrunk to this by default

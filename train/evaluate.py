@@ -25,11 +25,11 @@ import torch
 from pipelines import build_loader, class_names, report_split
 from pipelines.spec import EVAL_MODES
 from records.format import RecordsError
+from train.build import load_run, precision
 from train.config import ConfigError
 from train.files import RunError
 from train.loop import accumulate, metrics_from_sums, predict
 from train.metrics import write_json
-from train.setup import load_run, precision
 
 
 def parse_args(argv):

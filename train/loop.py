@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm import tqdm
 
+from train.build import Precision
 from train.distributed import DistEnv, all_reduce_sum
 from train.meter import Meter, NonFiniteLoss
 from train.schedule import LRSchedule
-from train.setup import Precision
 from train.step import TrainStep
 
 __all__ = ["NonFiniteLoss", "TrainState", "LoopSettings", "RunHooks", "train_one_epoch",

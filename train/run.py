@@ -33,6 +33,7 @@ from records import datasets
 from records.format import RecordsError
 from train import checkpoint as ckpt
 from train import distributed
+from train.build import model_for, precision
 from train.checkpoint import BEST, LAST, PREVIOUS
 from train.config import Config, ConfigError, dump_config, load_config, to_dict
 from train.files import LOCK, RunError, RunLock, set_aside
@@ -50,7 +51,6 @@ from train.loop import (
 from train.meter import WINDOW, Meter, SpeedWatch
 from train.metrics import MetricsLog, plot_curves, read_metrics, write_json, write_text
 from train.schedule import EarlyStopper, LRSchedule, build_optimizer, total_iterations
-from train.setup import model_for, precision
 from train.step import StepPlan, TrainStep, plan_step
 
 EXIT_CODES = {"completed": 0, "early_stopped": 0, "finished": 0, "nonfinite": 1,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from train.setup import Precision
+from train.build import Precision
 
 GRAPH_WARMUP = 3  # eager steps before the capture (cuDNN/cuBLAS set-up, torch.compile)
 

@@ -4,9 +4,9 @@ import sys
 import torch
 
 sys.path.insert(0, ".")
+from train.build import model_for, precision  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.schedule import build_optimizer  # noqa: E402
-from train.setup import model_for, precision  # noqa: E402
 from train.step import TrainStep  # noqa: E402
 
 torch.backends.cudnn.allow_tf32 = False

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from models import build_model
 from tools.benchmark import report
 from tools.benchmark.measure import bare_steps
-from train.setup import cpu_bf16
+from train.build import cpu_bf16
 
 CPU = torch.device("cpu")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 from pipelines import build_loader, num_classes
 from pipelines.spec import DataConfig
+from train.build import model_for, precision
 from train.config import Config, from_dict, to_dict
 from train.distributed import DistEnv
 from train.loop import LoopSettings, RunHooks, TrainState, device_sync, train_one_epoch
 from train.meter import Meter
 from train.schedule import LRSchedule, build_optimizer
-from train.setup import model_for, precision
 from train.step import TrainStep, plan_step
 
 # No records here: the synthetic loader then sizes its epoch as the full dataset's, so the
