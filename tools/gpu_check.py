@@ -4,8 +4,8 @@
   2. the benchmark (tools/bench.py: every installed backend, the ImageNet-format photo set built
      here, and CIFAR-10 when its records or tarball are there);
   3. the ResNet-32 CIFAR-10 paper schedule (configs/resnet32.yaml: 64k iterations of batch 128,
-     native backend, torch.compile) timed end to end; its summary.json and curves.png are copied
-     beside the benchmark results.
+     native backend, run.compile=auto: compiled, one CUDA graph per step) timed end to end;
+     its summary.json and curves.png are copied beside the benchmark results.
 
   make gpu-check CIFAR10_TAR=/path/to/cifar-10-python.tar.gz    # all three
   .venv/bin/python tools/gpu_check.py --cifar data/records/cifar10 --out DIR
@@ -150,7 +150,7 @@ def paper_schedule(args, cifar: Path | None, dest: Path, work: Path, python: str
                "with make dataset-cifar10)")
         print(f"== ResNet-32 paper schedule: skipped: {why}", flush=True)
         return {"exit": "skipped", "why": why}
-    overrides = [f"data.root={cifar}", "data.backend=native", "run.compile=default",
+    overrides = [f"data.root={cifar}", "data.backend=native", "run.compile=auto",
                  f"run.out_dir={work / 'runs'}", "run.name=resnet32-paper", "run.progress=false"]
     if args.smoke:
         overrides += SMOKE_PAPER
