@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fixtures import tiny_args
-from train import setup
+from train import build
 from train.config import ConfigError, load_config
 from train.evaluate import main as evaluate_main
 from train.run import main
@@ -24,11 +24,11 @@ def cpuinfo(tmp_path, monkeypatch):
         path = tmp_path / "cpuinfo"
         path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\n"
                         f"processor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n")
-        monkeypatch.setattr(setup, "CPUINFO", path)
-        setup.cpu_bf16.cache_clear()
+        monkeypatch.setattr(build, "CPUINFO", path)
+        build.cpu_bf16.cache_clear()
         return path
     yield write
-    setup.cpu_bf16.cache_clear()
+    build.cpu_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("flags, isa", [("avx512f avx512_bf16", "AVX512_BF16"),
@@ -36,22 +36,22 @@ def cpuinfo(tmp_path, monkeypatch):
                                         ("avx512f avx512bw", None), ("", None)])
 def test_cpu_bf16_reads_the_cpuinfo_flags(cpuinfo, flags, isa):
     cpuinfo(flags)
-    assert setup.cpu_bf16() == isa
+    assert build.cpu_bf16() == isa
 
 
 def test_cpu_bf16_without_cpuinfo_asks_torch(tmp_path, monkeypatch):
-    monkeypatch.setattr(setup, "CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(build, "CPUINFO", tmp_path / "missing")
     for answer, isa in ((True, "AVX512_BF16"), (False, None)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda a=answer: a,
                             raising=False)
-        setup.cpu_bf16.cache_clear()
-        assert setup.cpu_bf16() == isa
-    setup.cpu_bf16.cache_clear()
+        build.cpu_bf16.cache_clear()
+        assert build.cpu_bf16() == isa
+    build.cpu_bf16.cache_clear()
 
 
 def prec(monkeypatch, isa, *overrides, device=CPU):
-    monkeypatch.setattr(setup, "cpu_bf16", lambda: isa)
-    return setup.precision(load_config("configs/resnet20.yaml", list(overrides)), device)
+    monkeypatch.setattr(build, "cpu_bf16", lambda: isa)
+    return build.precision(load_config("configs/resnet20.yaml", list(overrides)), device)
 
 
 @pytest.mark.parametrize("isa", ["AVX512_BF16", "AMX"])
@@ -107,7 +107,7 @@ def test_a_cpu_run_says_its_precision_and_evaluate_agrees(colour_cifar, tmp_path
                                                          capsys, isa, label):
     """A tiny run in each branch: its header names the precision, training learns the colour
     classes, and evaluate.py on best.pt prints the test error the run reported."""
-    monkeypatch.setattr(setup, "cpu_bf16", lambda: isa)
+    monkeypatch.setattr(build, "cpu_bf16", lambda: isa)
     extra = ["data.dtype=bfloat16"] if isa else []
     result = main(tiny_args(colour_cifar, tmp_path, "r", *extra))
     assert result.status == "completed"
