@@ -7,7 +7,9 @@ fn.crop_mirror_normalize, with the PCA lighting folded into a per-sample mean
 ten_crop put them (see eval_crops), so all backends evaluate the same pixels.
 CIFAR: fn.external_source feeds the batches of plan.EpochPlan from the .npy arrays; the
 pad-and-crop is one fn.slice with out-of-bounds padding, flip and normalize one
-crop_mirror_normalize.
+crop_mirror_normalize. data.cache=stream reads the shards with plain file I/O instead of mmap
+(whose mapped pages count in the process and grow with the shards read); the reader streams
+each shard in order and shuffles in its buffer either way.
 
 Determinism: every pass (`iter(loader)`) builds a fresh pipeline seeded from (seed, epoch, rank),
 so a pass is a function of (seed, epoch, rank, start) whatever happened before. Train shards
@@ -26,13 +28,13 @@ from nvidia.dali import fn, math, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipelines import ops
-from pipelines.plan import EpochPlan, PlannedLoader
+from pipelines.plan import STREAM_WINDOW, EpochPlan, PlannedLoader
 from pipelines.readers import cifar_split, shard_paths
 from pipelines.request import LoaderRequest
 from pipelines.spec import DataConfig, dataset_stats
 from records import format as fmt
 
-SHUFFLE_BUFFER = 4096  # samples in the webdataset reader's shuffle buffer (encoded JPEGs)
+SHUFFLE_BUFFER = STREAM_WINDOW  # samples in the webdataset reader's shuffle buffer (JPEGs)
 
 
 def build(request: LoaderRequest):
@@ -167,6 +169,7 @@ class ImageNetLoader(_Loader):
         aug, train, gpu = self.aug, self.train, self.device_id is not None
         world_size, epoch = self.request.world_size, self.plan.epoch
         shard = (self.rank + epoch) % world_size if train else self.rank
+        stream = self.request.cache.stream  # plain reads, not a map that grows with the shards
 
         @pipeline_def(batch_size=self.plan.batch_size, num_threads=self.threads,
                       device_id=self.device_id, seed=self._pipeline_seed(epoch))
@@ -175,7 +178,8 @@ class ImageNetLoader(_Loader):
                 paths=self.shards, index_paths=self.indexes, ext=["jpg", "cls"],
                 missing_component_behavior="error", shard_id=shard,
                 num_shards=world_size, stick_to_shard=True, random_shuffle=train,
-                initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name="Reader")
+                initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name="Reader",
+                dont_use_mmap=stream)
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
                                        output_type=types.RGB)
             labels = fn.pad(labels, fill_value=0)  # ASCII digits, zero-padded to one width

@@ -16,6 +16,10 @@ of pipelines/ops.py do the rest where the images are, so all backends share one 
 
 Order and sharding come from plan.EpochPlan (deterministic in (seed, epoch), disjoint equal
 train shards): each pass hands the Loader that epoch's sample ids as its SEQUENTIAL `indices`.
+data.cache=stream reads as ffcv-imagenet does for data larger than RAM: os_cache=False (FFCV's own
+page buffers, sized by the pages a few batches touch) with a page-local order; FFCV's QUASI_RANDOM
+is not available distributed, so the plan computes the same kind of order over the samples'
+pages (plan.windowed_order), identical on every rank and resumable.
 Flip and lighting draw from ops.batch_generators; the train crop reseeds numba's generator per
 sample from (seed, epoch, sample id). So a pass is a function of (seed, epoch, rank, start).
 """
@@ -179,6 +183,15 @@ def _beton(request: LoaderRequest) -> tuple[Path, int]:
     return Path(cfg.root) / fmt.beton_rel(source), fmt.split_count(manifest, source)
 
 
+def sample_pages(reader: Reader) -> np.ndarray:
+    """The first page of each sample's data: the storage blocks of the stream order."""
+    table = reader.alloc_table
+    pages = np.full(reader.num_samples, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(pages, table["sample_id"].astype(np.int64),
+                  (table["ptr"] // np.uint64(reader.page_size)).astype(np.int64))
+    return pages
+
+
 def set_order(loader: Loader, order: np.ndarray) -> None:
     """The sample ids of the next pass, in order: FFCV 1.0.2's SEQUENTIAL traversal reads its
     `indices` at every epoch, so one Loader (and its compiled pipeline) serves every pass."""
@@ -213,7 +226,8 @@ class FFCVLoader(PlannedLoader):
             batch = max(1, min(batch, DECODE_BUDGET // int(3 * heights.max() * widths.max())))
         # The split's sample ids (CIFAR: the train/val hold-out); the rank's plan over them.
         self.ids = split_positions(cfg, request.split, stored_count=count)
-        super().__init__(request, len(self.ids), batch_size=1 if self.per_image else batch)
+        super().__init__(request, len(self.ids), batch_size=1 if self.per_image else batch,
+                         blocks=sample_pages(reader)[self.ids])
 
         image_ops = [self.decoder, ToTensor()]
         if not isinstance(self.decoder, WholeImageDecoder):  # whole images: viewed on the host
@@ -223,6 +237,7 @@ class FFCVLoader(PlannedLoader):
         self.loader = Loader(
             str(path), batch_size=batch, num_workers=max(1, cfg.num_workers),
             order=OrderOption.SEQUENTIAL, indices=self.ids, drop_last=self.train,
+            os_cache=not request.cache.stream,
             pipelines={"image": image_ops, "label": [IntDecoder(), ToTensor()]})
         torch.set_num_threads(self.torch_threads)
         self.normalize = ops.Normalize(cfg, device)

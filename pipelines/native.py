@@ -94,8 +94,9 @@ def batched_geometry(device: torch.device) -> bool:
 
 class ImageNetLoader(PlannedLoader):
     def __init__(self, request: LoaderRequest):
-        self.reader = ShardReader(sample_table(request.data, request.split))
-        super().__init__(request, len(self.reader))
+        table = sample_table(request.data, request.split)
+        self.reader = ShardReader(table, stream=request.cache.stream)
+        super().__init__(request, len(table), blocks=table.shard)
         self.normalize = ops.Normalize(self.cfg, self.device)
         self.workers = max(self.cfg.num_workers, 0)
         self.batched = batched_geometry(self.device)

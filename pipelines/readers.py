@@ -135,18 +135,30 @@ def sample_table(cfg: DataConfig, split: str) -> SampleTable:
 
 class ShardReader:
     """Thread-safe random access to samples: (jpeg bytes, label). Uses pread on one descriptor
-    per shard, so worker threads and forked DataLoader workers can share it."""
+    per shard, so worker threads and forked DataLoader workers can share it.
 
-    def __init__(self, table: SampleTable):
-        self.table = table
+    stream (data.cache=stream, with the plan's windowed order): the first read of a shard not
+    among the last AHEAD shards read asks the kernel to read the whole shard ahead
+    (POSIX_FADV_WILLNEED): one long sequential read instead of a random read per sample."""
+
+    AHEAD = 16  # shards remembered as announced; a window spans a few
+
+    def __init__(self, table: SampleTable, stream: bool = False):
+        self.table, self.stream = table, stream
         self._fds: dict[int, int] = {}
+        self._announced: list[int] = []
         self._lock = threading.Lock()
 
     def _fd(self, shard: int) -> int:
         with self._lock:
             if shard not in self._fds:
                 self._fds[shard] = os.open(self.table.shards[shard], os.O_RDONLY)
-            return self._fds[shard]
+            fd = self._fds[shard]
+            if self.stream and shard not in self._announced:
+                self._announced = [*self._announced[-(self.AHEAD - 1):], shard]
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            return fd
 
     def __len__(self) -> int:
         return len(self.table)
@@ -191,7 +203,7 @@ class ShardReader:
             self._fds.clear()
 
     def __getstate__(self):  # pickled into spawned workers: reopen there
-        return {"table": self.table}
+        return {"table": self.table, "stream": self.stream}
 
     def __setstate__(self, state):
-        self.__init__(state["table"])
+        self.__init__(state["table"], state["stream"])

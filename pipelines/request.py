@@ -9,9 +9,11 @@ handed to the loop, and the rank's share of every epoch (pipelines/plan.py) come
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
+from pipelines.cache import Cache, choose_cache
 from pipelines.ops import DTYPES
 from pipelines.spec import EVAL_MODES, AugSpec, DataConfig
 from records import datasets
@@ -80,6 +82,12 @@ class LoaderRequest:
         if self.eval_mode == "multiscale":
             return 1
         return self.data.batch_size if self.train else self.data.eval_batch_size
+
+    @cached_property
+    def cache(self) -> Cache:
+        """In memory or streamed (data.cache; "auto" looks at the records' size once)."""
+        cfg = self.data
+        return choose_cache(cfg.cache, cfg.root, cfg.dataset, cfg.backend, self.stored_split)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -14,6 +14,8 @@ from records import datasets
 from records import format as fmt
 from records.check import VERIFY_MODES
 
+CACHE_MODES = ("auto", "ram", "stream")  # pipelines/cache.py
+
 DATASETS = tuple(datasets.DATASETS)  # every fact about each: records/datasets.py
 BACKENDS = ("native", "ffcv", "dali", "torchvision", "synthetic")
 EVAL_MODES = ("center", "tencrop", "multiscale")
@@ -78,6 +80,9 @@ class DataConfig:
     # Records against their manifest when a loader is built (records/check.py): "cheap" (sizes,
     # sampled digests, headers, labels) or "full" (also every file's sha256).
     verify: str = "cheap"
+    # JPEG records in memory or streamed (pipelines/cache.py): auto | ram | stream. auto: ram
+    # when the split's records fit in half the available memory.
+    cache: str = "auto"
     aug: AugSpec = field(default_factory=AugSpec)
 
     def __post_init__(self):
@@ -86,9 +91,13 @@ class DataConfig:
             ("data.backend", self.backend, BACKENDS),
             ("data.dtype", self.dtype, ("float32", "bfloat16")),
             ("data.verify", self.verify, VERIFY_MODES),
+            ("data.cache", self.cache, CACHE_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+        if self.cache == "stream" and datasets.get(self.dataset).family != "imagenet":
+            raise ValueError(f"data.cache=stream: {self.dataset} is loaded into memory as "
+                             "arrays, not streamed; use data.cache=auto or ram")
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}={getattr(self, key)}: must be >= 1")

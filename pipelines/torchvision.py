@@ -126,13 +126,15 @@ class PlanSampler(torch.utils.data.Sampler):
 class BaselineLoader(PlannedLoader):
     def __init__(self, request: LoaderRequest):
         cfg = request.data
+        blocks = None
         if request.imagenet_style:
-            reader = ShardReader(sample_table(cfg, request.split))
-            read, n = _ImageNetRead(reader), len(reader)
+            table = sample_table(cfg, request.split)
+            reader = ShardReader(table, stream=request.cache.stream)
+            read, n, blocks = _ImageNetRead(reader), len(table), table.shard
         else:
             images, labels = cifar_split(cfg, request.split)
             read, n = _ArrayRead(images, labels), len(labels)
-        super().__init__(request, n)
+        super().__init__(request, n, blocks=blocks)
         workers = max(cfg.num_workers, 0)
         self.loader = torch.utils.data.DataLoader(
             SeededDataset(read, transforms(request)),

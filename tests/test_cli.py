@@ -93,10 +93,17 @@ def test_cuda_without_a_gpu_one_line(tmp_path):
 
 
 def test_a_bad_override_names_itself_once(tmp_path):
-    proc = cli("train/run.py", "configs/quickstart.yaml", "data.cache=stream",
+    proc = cli("train/run.py", "configs/quickstart.yaml", "data.bakend=ffcv",
                f"run.out_dir={tmp_path / 'runs'}")
     line = one_line_error(proc, "did you mean 'data.backend'")
-    assert line.count("data.cache=stream") == 1, line
+    assert line.count("data.bakend=ffcv") == 1, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_streaming_cifar_arrays_is_refused_in_one_line(tmp_path):
+    proc = cli("train/run.py", "configs/quickstart.yaml", "data.cache=stream",
+               f"run.out_dir={tmp_path / 'runs'}")
+    one_line_error(proc, "data.cache=stream: cifar10 is loaded into memory as arrays")
     assert not (tmp_path / "runs").exists()
 
 

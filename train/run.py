@@ -330,6 +330,10 @@ class Trainer:
                    f"[{cfg.data.backend}], {self.env.device} x{self.env.world_size}, "
                    f"{len(self.train_loader)} it/epoch, {self.total_iters} iterations; "
                    f"{self.precision.label}, {self.plan.why}")
+        request = self.train_loader.request
+        if request.imagenet_style and request.data.backend != "synthetic":
+            tqdm.write(f"records {'streamed' if request.cache.stream else 'in memory'} "
+                       f"({request.cache.why})")
         return MetricsLog(self.run_dir, resume_iter=state.iteration if resumed else None)
 
     # ---- the loop
