@@ -335,7 +335,17 @@ class Trainer:
     # ---- the loop
     def record(self, kind: str, **values) -> None:
         if self.log is not None:
-            self.log.log(kind, self.state.iteration, epoch=self.state.epoch, **values)
+            try:
+                self.log.log(kind, self.state.iteration, epoch=self.state.epoch, **values)
+            except RunError as error:  # a full disk: metrics.jsonl ends in a whole record
+                raise self.resumable(error) from error
+
+    def resumable(self, error: RunError) -> RunError:
+        """A full disk's error, with the way on when a whole checkpoint is on disk."""
+        if not (self.run_dir / LAST).is_file():
+            return RunError(str(error))
+        return RunError(f"{error}; then --resume {self.run_dir} continues from its last "
+                        "checkpoint")
 
     def say(self, message: str) -> None:
         """A one-time notice of the run (speed drift, recompiles): console and metrics."""
@@ -434,10 +444,7 @@ class Trainer:
             if best:
                 ckpt.save_atomic(payload, self.run_dir / BEST)
         except RunError as error:  # a full disk: the files on disk are whole
-            if not (self.run_dir / LAST).is_file():
-                raise
-            raise RunError(f"{error}; then --resume {self.run_dir} continues from its last "
-                           "checkpoint") from error
+            raise self.resumable(error) from error
 
     def epoch_line(self, epoch: int, result: dict, val: dict | None) -> str:
         state = self.state
