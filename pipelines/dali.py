@@ -11,6 +11,9 @@ crop_mirror_normalize. data.cache=stream reads the shards with plain file I/O in
 (whose mapped pages count in the process and grow with the shards read); the reader streams
 each shard in order and shuffles in its buffer either way.
 
+Labels: the .cls members are read and checked once when a loader is built (check_labels: a
+class index in range, the manifest's per-class counts), as the other backends check theirs.
+
 Determinism: every pass (`iter(loader)`) builds a fresh pipeline seeded from (seed, epoch, rank),
 so a pass is a function of (seed, epoch, rank, start) whatever happened before. Train shards
 stick to `(rank + epoch) % world_size` (DALI's own rotation, made explicit); the reader shuffles
@@ -29,7 +32,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipelines import ops
 from pipelines.plan import STREAM_WINDOW, EpochPlan, PlannedLoader
-from pipelines.readers import cifar_split, shard_paths
+from pipelines.readers import ShardReader, checker, cifar_split, sample_table
 from pipelines.request import LoaderRequest
 from pipelines.spec import DataConfig, dataset_stats
 from records import format as fmt
@@ -154,15 +157,31 @@ class ReaderPlan(EpochPlan):
         return -(-shares[self.rank] // self.batch_size)
 
 
+def check_labels(table, request: LoaderRequest) -> None:
+    """Every .cls member of the split a class index in range, with the manifest's per-class
+    counts, before the pipeline reads any: DALI hands the reader's bytes on unchecked, and a
+    label out of range would fail deep in the loss, or not at all. The other backends' checks:
+    ShardReader._label (native, torchvision), the .beton's label column (FFCV)."""
+    reader = ShardReader(table)
+    try:
+        labels = reader.labels()  # a RecordsError names the shard and the sample
+    finally:
+        reader.close()
+    cfg = request.data
+    checker(cfg, fmt.read_manifest(cfg.root, cfg.dataset)).labels(
+        labels, f"{cfg.root}/{fmt.shard_folder_rel(request.stored_split)}", request.stored_split)
+
+
 class ImageNetLoader(_Loader):
     plan_class = ReaderPlan
 
     def __init__(self, request: LoaderRequest):
         cfg = request.data
-        self.shards = [str(p) for p in shard_paths(cfg, request.split)]
-        self.indexes = [fmt.shard_index_rel(p) for p in self.shards]  # checked by shard_paths
-        super().__init__(request, fmt.split_count(fmt.read_manifest(cfg.root, cfg.dataset),
-                                                  request.split))
+        table = sample_table(cfg, request.split)  # the shards, checked against the manifest
+        check_labels(table, request)
+        self.shards = list(table.shards)
+        self.indexes = [fmt.shard_index_rel(p) for p in self.shards]  # checked with the shards
+        super().__init__(request, len(table))
 
     def _pipeline(self):
 

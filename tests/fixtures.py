@@ -54,7 +54,12 @@ import io
 import json
 import os
 import pickle
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -190,6 +195,64 @@ def subprocess_env() -> dict:
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
+# ----------------------------------------------------------------------------- torchrun
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_command(node: int, port: int, run_id: str, script, *args, nodes: int = 2) -> list:
+    """torchrun for node `node` of `nodes`, all on this host, one process each: the c10d
+    rendezvous at 127.0.0.1:port, as on real nodes. c10d numbers the nodes by their address,
+    not by --node-rank: node n calls itself 127.0.0.<n + 1>, so node 0 gets global rank 0."""
+    return [*TORCHRUN, "--nnodes", str(nodes), "--nproc-per-node", "1", "--rdzv-backend",
+            "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id,
+            "--local-addr", f"127.0.0.{node + 1}", str(script), *map(str, args)]
+
+
+@dataclass
+class Ended:
+    returncode: int
+    output: str  # stdout and stderr
+    ended: float  # time.time() when it was seen to exit
+
+
+def run_together(commands: list[tuple[list, Path]], env: dict, logs: Path,
+                 timeout: float) -> list[Ended]:
+    """Start every (command, cwd) at once, each one's output into logs/<i>.log, and wait for
+    all of them (each killed, and the test failed, after `timeout` seconds)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs, files, ended = [], [], {}
+    try:
+        for i, (command, cwd) in enumerate(commands):
+            files.append(open(logs / f"{i}.log", "w"))
+            procs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=files[-1],
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while len(ended) < len(procs) and time.monotonic() < deadline:
+            for i, proc in enumerate(procs):
+                if i not in ended and proc.poll() is not None:
+                    ended[i] = time.time()
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # its whole session: the agent and its workers
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for f in files:
+            f.close()
+    assert len(ended) == len(procs), (
+        f"still running after {timeout} s: "
+        + "\n".join((logs / f"{i}.log").read_text()[-3000:] for i in range(len(procs))
+                    if i not in ended))
+    return [Ended(proc.returncode, (logs / f"{i}.log").read_text(), ended[i])
+            for i, proc in enumerate(procs)]
 
 
 # ----------------------------------------------------------------------------- pattern fixture

@@ -197,3 +197,26 @@ def test_gpu_route_matches_cpu(cifar10_records, pattern_records, device):
     images, labels = next(iter(build_loader(cfg, "train", device)))
     assert images.device.type == device and images.shape == (8, 3, 224, 224)
     assert labels.dtype == torch.int64 and labels.device.type == device
+
+
+def test_out_of_range_cls_is_refused_when_the_loader_is_built(tmp_path):
+    """DALI's reader hands the .cls bytes on unchecked: the loader checks every label at build,
+    as the other backends do (a label of 1000 would otherwise reach the loss)."""
+    import io
+
+    from PIL import Image
+
+    from fixtures import write_imagenet_records
+    from records.format import RecordsError
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    good = [(f"k{i}", buffer.getvalue(), i) for i in range(4)]
+    bad = good[:2] + [("k2", buffer.getvalue(), 1000), good[3]]
+    bad_val = write_imagenet_records(tmp_path / "v", {"train": good, "val": bad}, 1000)
+    bad_train = write_imagenet_records(tmp_path / "t", {"train": bad, "val": good}, 1000)
+    assert len(build_loader(imagenet_cfg(bad_val, batch_size=2), "train", "cpu")) == 2
+    for root, split in ((bad_val, "val"), (bad_train, "train")):
+        with pytest.raises(RecordsError, match=r"shard-000000.tar: k2.cls holds b'1000', not a "
+                                               r"label in \[0, 1000\); convert again"):
+            build_loader(imagenet_cfg(root, batch_size=2), split, "cpu")

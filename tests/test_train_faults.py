@@ -11,6 +11,7 @@ import builtins
 import dataclasses
 import errno
 import inspect
+import json
 import os
 import random
 import re
@@ -25,6 +26,7 @@ import pytest
 import torch
 
 import train.files
+import train.metrics
 import train.run
 from fixtures import subprocess_env, tiny_args
 from train.checkpoint import CheckpointError, load_checkpoint
@@ -316,6 +318,52 @@ def test_full_disk_while_checkpointing_names_path_and_free_space(colour_cifar, t
     assert temporaries(run) == []
     assert iteration_of(run / "last.pt") == 5  # the checkpoint before is whole
     RunLock(run).release()  # and the run directory is free again
+
+
+class FullDiskAppends:
+    """metrics.jsonl opened unbuffered: its `fail_at`-th write stores half of the line, then
+    fails as a full disk does."""
+
+    def __init__(self, file, fail_at: int):
+        self.file, self.fail_at, self.writes = file, fail_at, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == self.fail_at:
+            self.file.write(bytes(data[:len(data) // 2]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def __getattr__(self, name):  # tell, fileno, close: the real file's
+        return getattr(self.file, name)
+
+
+def test_full_disk_while_appending_metrics_is_reported_as_while_checkpointing(
+        colour_cifar, tmp_path, monkeypatch):
+    """The third train record (iteration 8) meets a full disk: the same message as a full disk
+    while checkpointing, metrics.jsonl keeps whole records only, last.pt (iteration 5) is whole,
+    and once there is space the resumed run completes with one record per log step."""
+    def open_fills_disk(file, *args, **kwargs):
+        f = builtins.open(file, *args, **kwargs)
+        return FullDiskAppends(f, 3) if Path(file).name == "metrics.jsonl" else f
+
+    monkeypatch.setattr(train.metrics, "open", open_fills_disk, raising=False)
+    with pytest.raises(RunError) as error:
+        main(tiny_args(colour_cifar, tmp_path, "full", "schedule.total=1"))
+    monkeypatch.undo()
+    run = tmp_path / "full"
+    message = str(error.value)
+    assert re.fullmatch(
+        rf"cannot write {re.escape(str(run / 'metrics.jsonl'))} \(\d+ B\): no space left on "
+        rf"the device, \d+\.\d [KMG]iB free in {re.escape(str(run))}; free some space there; "
+        rf"then --resume {re.escape(str(run))} continues from its last checkpoint", message)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [r["iter"] for r in map(json.loads, lines)] == [4, 5]  # whole records, none torn
+    assert iteration_of(run / "last.pt") == 5 and temporaries(run) == []
+
+    assert main(["--resume", str(run)]).status == "completed"  # the lock was released
+    train_iters = [r["iter"] for r in read_metrics(run) if r["kind"] == "train"]
+    assert train_iters == [4, 5, 8, 10, 12, 13]
 
 
 # ----------------------------------------------------------- 12: a mid-epoch resume

@@ -63,12 +63,23 @@ def atomic_write(path: str | Path, data: bytes | memoryview | Callable,
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            need = "" if callable(data) else f" ({size_text(len(data))})"
-            free = size_text(shutil.disk_usage(path.parent).free)
-            raise RunError(f"cannot write {path}{need}: no space left on the device, {free} "
-                           f"free in {path.parent}; free some space there") from error
+        full = no_space(error, path, None if callable(data) else len(data))
+        if full is not None:
+            raise full from error
         raise
+
+
+def no_space(error: BaseException, path: Path, size: int | None = None) -> RunError | None:
+    """The error to raise when writing `size` bytes (None: unknown) to `path` failed because the
+    disk or the quota is full (ENOSPC, EDQUOT): it names the path, the free space and what to
+    do. None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    path = Path(path)
+    need = "" if size is None else f" ({size_text(size)})"
+    free = size_text(shutil.disk_usage(path.parent).free)
+    return RunError(f"cannot write {path}{need}: no space left on the device, {free} free in "
+                    f"{path.parent}; free some space there")
 
 
 def set_aside(run_dir: Path) -> Path | None:

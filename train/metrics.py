@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
-from train.files import atomic_write
+from train.files import atomic_write, no_space
 
 METRICS = "metrics.jsonl"
 
@@ -25,7 +26,7 @@ class MetricsLog:
         # purge_step drops events a killed run wrote after its last checkpoint
         purge = None if resume_iter is None else resume_iter + 1
         self.writer = SummaryWriter(str(run_dir), purge_step=purge)
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "ab", buffering=0)  # each record one unbuffered append
 
     def _truncate(self, iteration: int) -> None:
         """Forget records written after the checkpoint being resumed from."""
@@ -38,12 +39,26 @@ class MetricsLog:
 
     def log(self, kind: str, iteration: int, **values) -> dict:
         record = {"kind": kind, "iter": iteration, **values}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self.append((json.dumps(record) + "\n").encode())
         for name, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "epoch":
                 self.writer.add_scalar(f"{kind}/{name}", value, iteration)
         return record
+
+    def append(self, line: bytes) -> None:
+        """Append one whole line, or nothing: a failed write (a full disk) is cut back off, so
+        the file never ends in half a record; a full disk raises files.no_space's RunError."""
+        end = self.file.tell()
+        try:
+            done = 0
+            while done < len(line):
+                done += self.file.write(line[done:])
+        except OSError as error:
+            os.ftruncate(self.file.fileno(), end)
+            full = no_space(error, self.path, len(line))
+            if full is not None:
+                raise full from error
+            raise
 
     def close(self) -> None:
         self.file.close()

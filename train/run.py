@@ -4,7 +4,9 @@
 precision, loaders, model, optimizer and schedule, resumed state, logger. `fit()` is the loop:
 train an epoch, evaluate on the selection split, checkpoint; `finish()` reports the final and
 best models on the report split and writes summary.json and curves.png.
-Several processes: `torchrun --nproc_per_node N train/run.py ...` (data.batch_size is per rank).
+Several processes: `torchrun --nproc_per_node N train/run.py ...` (data.batch_size is per rank);
+rank 0 alone reads and writes the run directory (train/distributed.py), and a rank that fails
+ends the job with its message (distributed.exit_failed).
 """
 from __future__ import annotations
 
@@ -235,31 +237,33 @@ class Trainer:
         run at a time) and, for a new run, clears it (clear_for_new_run); every rank gets the
         name, or rank 0's error. self.created: the folders this made (release() removes them
         if the run leaves nothing in them)."""
-        lock, error, self.created = None, None, []
-        if self.env.is_main:
+        self.created, held = [], []
+
+        def create() -> Path:
+            path = run_dir or new_run_dir(self.cfg, config_path)
+            self.created = [p for p in (path, *path.parents) if not p.exists()]
+            lock = RunLock(path)
             try:
-                run_dir = run_dir or new_run_dir(self.cfg, config_path)
-                self.created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-                lock = RunLock(run_dir)
                 if not resume:
-                    clear_for_new_run(run_dir)
-            except (ConfigError, RunError) as refused:
-                error = refused
-                if lock is not None:
-                    lock.release()
-        run_dir, error = distributed.broadcast_object((run_dir, error), self.env)
-        if error is not None:
-            raise error
+                    clear_for_new_run(path)
+            except BaseException:
+                lock.release()
+                raise
+            held.append(lock)
+            return path
+
+        run_dir = distributed.from_rank0(create)
         self.cfg.run.out_dir, self.cfg.run.name = str(run_dir.parent), run_dir.name
-        return run_dir, lock
+        return run_dir, (held[0] if held else None)
 
     def load_resumed(self, checkpoint: Path | None) -> dict:
-        if checkpoint is not None:
-            return ckpt.load_checkpoint(checkpoint)
-        def warn(message):
-            if self.env.is_main:
-                print(message, file=sys.stderr, flush=True)
-        return ckpt.load_for_resume(self.run_dir, warn)
+        """The checkpoint to continue from, read by rank 0 and sent to every rank."""
+        def load() -> dict:
+            if checkpoint is not None:
+                return ckpt.load_checkpoint(checkpoint)
+            return ckpt.load_for_resume(
+                self.run_dir, lambda message: print(message, file=sys.stderr, flush=True))
+        return distributed.from_rank0(load)
 
     def configure_device(self):
         if self.cfg.run.threads:
@@ -339,7 +343,17 @@ class Trainer:
     # ---- the loop
     def record(self, kind: str, **values) -> None:
         if self.log is not None:
-            self.log.log(kind, self.state.iteration, epoch=self.state.epoch, **values)
+            try:
+                self.log.log(kind, self.state.iteration, epoch=self.state.epoch, **values)
+            except RunError as error:  # a full disk: metrics.jsonl ends in a whole record
+                raise self.resumable(error) from error
+
+    def resumable(self, error: RunError) -> RunError:
+        """A full disk's error, with the way on when a whole checkpoint is on disk."""
+        if not (self.run_dir / LAST).is_file():
+            return RunError(str(error))
+        return RunError(f"{error}; then --resume {self.run_dir} continues from its last "
+                        "checkpoint")
 
     def say(self, message: str) -> None:
         """A one-time notice of the run (speed drift, recompiles): console and metrics."""
@@ -391,7 +405,8 @@ class Trainer:
                      else "no checkpoint was written")
             message = f"stopping: {error}; {where}"
             self.record("event", message=message)
-            print(message, file=sys.stderr, flush=True)
+            if self.env.is_main:  # every rank stops here, at the same step (summed losses)
+                print(message, file=sys.stderr, flush=True)
             return self.close(Result("nonfinite", self.run_dir, self.raw_model, None))
         if status == "interrupted":
             if self.env.is_main:
@@ -438,10 +453,7 @@ class Trainer:
             if best:
                 ckpt.save_atomic(payload, self.run_dir / BEST)
         except RunError as error:  # a full disk: the files on disk are whole
-            if not (self.run_dir / LAST).is_file():
-                raise
-            raise RunError(f"{error}; then --resume {self.run_dir} continues from its last "
-                           "checkpoint") from error
+            raise self.resumable(error) from error
 
     def epoch_line(self, epoch: int, result: dict, val: dict | None) -> str:
         state = self.state
@@ -468,8 +480,9 @@ class Trainer:
         best = final
         if self.best is not None and self.best["iteration"] != self.state.iteration:
             final_state = {k: v.clone() for k, v in self.raw_model.state_dict().items()}
-            best_ckpt = ckpt.load_checkpoint(self.run_dir / BEST)
-            ckpt.load_model_state(self.raw_model, best_ckpt["model"])
+            best_model = distributed.from_rank0(
+                lambda: ckpt.load_checkpoint(self.run_dir / BEST)["model"])
+            ckpt.load_model_state(self.raw_model, best_model)
             best = evaluate(self.eval_model, loader, self.precision, self.env, self.class_names)
             self.record(split, which="best", **overall(best))
             self.raw_model.load_state_dict(final_state)
@@ -558,12 +571,23 @@ def resume_hint(run_dir: Path, env) -> str:
     return shell_command("train/run.py", "--resume", run_dir)
 
 
-def main(argv=None) -> Result:
-    args = parse_args(argv)
+def read_run(args) -> tuple[Config, Path | None, Path | None, dict | None]:
+    """resolve_config's (config, run directory, checkpoint), and the summary of a finished run
+    that --resume names (finished_summary)."""
     cfg, run_dir, checkpoint = resolve_config(args)
     finished = finished_summary(run_dir, cfg) if args.resume is not None else None
+    return cfg, run_dir, checkpoint, finished
+
+
+def main(argv=None) -> Result:
+    args = parse_args(argv)
+    distributed.join()  # first: whatever fails later fails inside the group, which sees it
+    # rank 0 reads the config and the run directory; the others need neither on their disk
+    cfg, run_dir, checkpoint, finished = distributed.from_rank0(lambda: read_run(args))
     if finished is not None:
-        print(finished_line(run_dir, finished), flush=True)
+        if distributed.launched()[0] == 0:
+            print(finished_line(run_dir, finished), flush=True)
+        distributed.cleanup()
         return Result("finished", run_dir, None, finished)
     trainer = Trainer(cfg, run_dir, args.resume is not None, args.config, checkpoint)
     try:
@@ -572,10 +596,18 @@ def main(argv=None) -> Result:
         trainer.release()  # also when fit raises: another run in this process may follow
 
 
+EXPECTED = (ConfigError, RunError, RecordsError, FileNotFoundError, ImportError)  # one line
+
 if __name__ == "__main__":
     try:
         sys.exit(EXIT_CODES[main().status])
-    except (ConfigError, RunError, RecordsError, FileNotFoundError, ImportError) as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint on disk stays valid
-        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as error:
+        if distributed.launched()[2] > 1:  # end this rank now, with its message
+            distributed.exit_failed(error, EXPECTED)
+        if isinstance(error, EXPECTED):
+            sys.exit(f"error: {error}")
+        if isinstance(error, KeyboardInterrupt):  # a second Ctrl-C: last.pt stays valid
+            sys.exit(130)
+        raise
