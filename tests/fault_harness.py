@@ -15,7 +15,6 @@ when it fires, for the test to time the teardown:
 from __future__ import annotations
 
 import dataclasses
-import errno
 import inspect
 import os
 import runpy
@@ -27,6 +26,7 @@ from pathlib import Path
 import pipelines
 import train.files
 import train.loop
+from fixtures import FullDisk
 from records.format import RecordsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,22 +72,6 @@ def build_loader(data, split, device, rank=0, world_size=1, **kwargs):
     return FaultyLoader(loader) if split == "train" else loader
 
 
-class FullDisk:
-    """A file whose write stores half of the data, then fails as a full disk does."""
-
-    def __init__(self, file):
-        self.file = file
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-
-    def write(self, data):
-        fired()
-        self.file.write(bytes(data[:len(data) // 2]))
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 saves = []
@@ -97,7 +81,7 @@ def open_fills_disk(file, *args, **kwargs):
     f = open(file, *args, **kwargs)
     if Path(file).name.startswith(".last.pt."):
         saves.append(file)
-        return FullDisk(f) if len(saves) == AT else f
+        return FullDisk(f, before=fired) if len(saves) == AT else f
     return f
 
 

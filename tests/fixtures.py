@@ -49,6 +49,7 @@ Readers for checking converted records with the libraries' own code:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -728,3 +729,23 @@ def read_webdataset(folder, batch_size: int = 8) -> list[tuple[str, np.ndarray, 
                 out.append((key, np.array(images.at(i)),
                             int(bytes(np.array(labels.at(i))).decode())))
     return out
+
+
+class FullDisk:
+    """A file whose write stores half of the data, then fails as a full disk does (`before`:
+    called first, e.g. to note that the fault fired)."""
+
+    def __init__(self, file, before=None):
+        self.file, self.before = file, before
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, data):
+        if self.before is not None:
+            self.before()
+        self.file.write(bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -28,7 +28,7 @@ import torch
 import train.files
 import train.metrics
 import train.run
-from fixtures import subprocess_env, tiny_args
+from fixtures import FullDisk, subprocess_env, tiny_args
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import ConfigError, load_config
 from train.files import RunError, RunLock
@@ -279,21 +279,6 @@ def test_resume_with_no_loadable_checkpoint_names_both_and_the_way_on(run, capsy
 
 
 # ------------------------------------------------------------------ 5: the disk fills up
-class FullDisk:
-    """A file whose write stores half of the data, then fails as a full disk does."""
-
-    def __init__(self, file):
-        self.file = file
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-
-    def write(self, data):
-        self.file.write(bytes(data[:len(data) // 2]))
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_full_disk_while_checkpointing_names_path_and_free_space(colour_cifar, tmp_path,
