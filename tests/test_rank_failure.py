@@ -55,16 +55,25 @@ def assert_no_uncaught_exception(output: str) -> None:
     assert "[rank" not in output, output[-4000:]
 
 
+def fails_on_two_local_ranks(data: Path, tmp_path: Path, fault: str, on_rank: int, *extra: str,
+                             **env: str):
+    """Train on two local ranks (run `fault`) with `fault` injected on rank `on_rank`; checks
+    that it fired there, that torchrun failed and how fast; returns the launch."""
+    args = tiny_args(data, tmp_path, fault, "data.batch_size=16", *extra)
+    (launch,) = run_together([([*TORCHRUN, "--standalone", "--nproc-per-node", "2",
+                                HARNESS, *args], ROOT)], fault_env(tmp_path, fault, on_rank, **env),
+                             tmp_path / "logs", timeout=240)
+    _, rank, when = fired(tmp_path)
+    print(f"{fault} on rank {rank}: torchrun exited {launch.ended - when:.2f} s after the fault")
+    assert rank == on_rank and launch.returncode == 1
+    assert launch.ended - when < TEARDOWN_S
+    return launch
+
+
 def test_a_bad_record_on_rank_1_ends_both_local_ranks(colour_cifar, tmp_path):
     text = f"{colour_cifar}/train: sample 7 holds label 99, not in [0, 10) (injected)"
-    env = fault_env(tmp_path, "record", 1, RESPIPE_FAULT_TEXT=text)
-    args = tiny_args(colour_cifar, tmp_path, "record", "data.batch_size=16")
-    (launch,) = run_together([([*TORCHRUN, "--standalone", "--nproc-per-node", "2",
-                                HARNESS, *args], ROOT)], env, tmp_path / "logs", timeout=240)
-    _, rank, when = fired(tmp_path)
-    print(f"bad record on rank 1: torchrun exited {launch.ended - when:.2f} s after the fault")
-    assert rank == 1 and launch.returncode == 1
-    assert launch.ended - when < TEARDOWN_S
+    launch = fails_on_two_local_ranks(colour_cifar, tmp_path, "record", 1,
+                                      RESPIPE_FAULT_TEXT=text)
     rank0, rank1 = sorted(error_lines(launch.output))
     assert rank0.startswith("error: rank 0 of 2: stopped, another rank failed (its error is "
                             "in its own output): ")
@@ -74,14 +83,7 @@ def test_a_bad_record_on_rank_1_ends_both_local_ranks(colour_cifar, tmp_path):
 
 def test_a_full_disk_on_rank_0_ends_both_local_ranks(colour_cifar, tmp_path):
     """Rank 0 alone writes: its second checkpoint meets a full disk while rank 1 trains on."""
-    env = fault_env(tmp_path, "disk", 0)
-    args = tiny_args(colour_cifar, tmp_path, "disk", "data.batch_size=16", "run.ckpt_every=2")
-    (launch,) = run_together([([*TORCHRUN, "--standalone", "--nproc-per-node", "2",
-                                HARNESS, *args], ROOT)], env, tmp_path / "logs", timeout=240)
-    _, rank, when = fired(tmp_path)
-    print(f"full disk on rank 0: torchrun exited {launch.ended - when:.2f} s after the fault")
-    assert rank == 0 and launch.returncode == 1
-    assert launch.ended - when < TEARDOWN_S
+    launch = fails_on_two_local_ranks(colour_cifar, tmp_path, "disk", 0, "run.ckpt_every=2")
     run = tmp_path / "disk"
     rank0, rank1 = sorted(error_lines(launch.output))
     assert re.fullmatch(rf"error: rank 0 of 2: cannot write {run / 'last.pt'} \(.*\): no space "
@@ -95,14 +97,7 @@ def test_a_full_disk_on_rank_0_ends_both_local_ranks(colour_cifar, tmp_path):
 def test_nan_pixels_on_rank_1_stop_both_local_ranks_at_the_same_step(colour_cifar, tmp_path):
     """The loss is summed over the ranks before it is checked: both stop at the log step, and
     the message is printed once."""
-    env = fault_env(tmp_path, "nan", 1)
-    args = tiny_args(colour_cifar, tmp_path, "nan", "data.batch_size=16", "run.log_every=2")
-    (launch,) = run_together([([*TORCHRUN, "--standalone", "--nproc-per-node", "2",
-                                HARNESS, *args], ROOT)], env, tmp_path / "logs", timeout=240)
-    _, rank, when = fired(tmp_path)
-    print(f"NaN on rank 1: torchrun exited {launch.ended - when:.2f} s after the fault")
-    assert rank == 1 and launch.returncode == 1
-    assert launch.ended - when < TEARDOWN_S
+    launch = fails_on_two_local_ranks(colour_cifar, tmp_path, "nan", 1, "run.log_every=2")
     message = "stopping: training loss is nan at iteration 2 (epoch 0); no checkpoint was written"
     assert launch.output.count("stopping: ") == 1 and message in launch.output
     assert [r["message"] for r in read_metrics(tmp_path / "nan") if r["kind"] == "event"] == [
