@@ -22,6 +22,17 @@ from records import datasets
 from records import format as fmt
 from records.check import Checker
 
+MODES = ("auto", "ram", "stream")
+
+
+def check_mode(mode: str, dataset: str) -> None:
+    """data.cache's value, for this dataset (CIFAR-style arrays are not streamed)."""
+    if mode not in MODES:
+        raise ValueError(f"data.cache={mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "stream" and datasets.get(dataset).family != "imagenet":
+        raise ValueError(f"data.cache=stream: {dataset} is loaded into memory as arrays, "
+                         "not streamed; use data.cache=auto or ram")
+
 
 @dataclass(frozen=True)
 class Cache:
@@ -57,16 +68,14 @@ def gib(size: int) -> str:
 
 
 def choose_cache(mode: str, root: str, dataset: str, backend: str, split: str,
-           memory: int | None = None) -> Cache:
+                 memory: int | None = None) -> Cache:
     """The cache mode a loader of `split` uses (mode: data.cache)."""
+    check_mode(mode, dataset)
     entry = datasets.get(dataset)
     format_name = entry.reads(backend)
     if format_name is None:
         return Cache("ram", f"data.backend={backend} reads no records")
     if entry.family != "imagenet":
-        if mode == "stream":
-            raise ValueError(f"data.cache=stream: {dataset} is loaded into memory as arrays, "
-                             "not streamed; use data.cache=auto or ram")
         return Cache("ram", f"{dataset} is loaded into memory as arrays")
     if mode != "auto":
         return Cache(mode, f"data.cache={mode}")

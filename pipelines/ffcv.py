@@ -227,7 +227,7 @@ class FFCVLoader(PlannedLoader):
         # The split's sample ids (CIFAR: the train/val hold-out); the rank's plan over them.
         self.ids = split_positions(cfg, request.split, stored_count=count)
         super().__init__(request, len(self.ids), batch_size=1 if self.per_image else batch,
-                         blocks=sample_pages(reader)[self.ids])
+                         blocks=sample_pages(reader)[self.ids] if request.cache.stream else None)
 
         image_ops = [self.decoder, ToTensor()]
         if not isinstance(self.decoder, WholeImageDecoder):  # whole images: viewed on the host

@@ -23,8 +23,8 @@ def windowed_order(blocks: np.ndarray, seed: int, epoch: int,
     storage block (shard, page) of position i; the blocks are visited in a random order, each
     block's samples in a random order, then every `window` consecutive positions of that stream
     are shuffled together: each window's samples come from at most window / (block size) + 1
-    blocks. Like FFCV's QUASI_RANDOM, but a function of (seed,
-    epoch) alone, so every rank computes the same order and resume lands on the same batch."""
+    blocks. Like FFCV's QUASI_RANDOM, but a function of (seed, epoch) alone, so every rank
+    computes the same order and resume lands on the same batch."""
     blocks = np.asarray(blocks)
     rng = np.random.default_rng(mix_seed(seed, epoch, 0x5742))
     names, block = np.unique(blocks, return_inverse=True)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.cache import check_mode as check_cache_mode
 from records import datasets
 from records import format as fmt
 from records.check import VERIFY_MODES
-
-CACHE_MODES = ("auto", "ram", "stream")  # pipelines/cache.py
 
 DATASETS = tuple(datasets.DATASETS)  # every fact about each: records/datasets.py
 BACKENDS = ("native", "ffcv", "dali", "torchvision", "synthetic")
@@ -91,13 +90,10 @@ class DataConfig:
             ("data.backend", self.backend, BACKENDS),
             ("data.dtype", self.dtype, ("float32", "bfloat16")),
             ("data.verify", self.verify, VERIFY_MODES),
-            ("data.cache", self.cache, CACHE_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
-        if self.cache == "stream" and datasets.get(self.dataset).family != "imagenet":
-            raise ValueError(f"data.cache=stream: {self.dataset} is loaded into memory as "
-                             "arrays, not streamed; use data.cache=auto or ram")
+        check_cache_mode(self.cache, self.dataset)
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}={getattr(self, key)}: must be >= 1")
