@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from records import format as records_format
-from tools.converter.sources.images import BadImage, fit_shorter, prepare
+from tools.converter.sources.images import BadImage, fit_shorter, passthrough_nbytes, prepare
 from tools.converter.writers.atomic import OutputDir
 from tools.converter.writers.webdataset import ShardWriter
 
@@ -61,6 +61,61 @@ def test_prepare_rejects_broken_images(kind, reason):
     data = {"truncated": _encoded(_photo())[:3000], "zeros": b"\x00" * 100, "empty": b""}[kind]
     with pytest.raises(BadImage, match=reason):
         prepare(data, 480)
+
+
+@pytest.mark.parametrize("case", ["rgb", "cmyk", "grey", "png", "exif-rotated", "too-big"])
+def test_passthrough_check_agrees_with_prepare(case):
+    """The scan's quick check (decoded at 1/8 scale) passes exactly what prepare() would store
+    byte for byte, with the full image's raw size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = _photo()
+    data = {"rgb": _encoded(photo), "cmyk": _encoded(photo.convert("CMYK")),
+            "grey": _encoded(photo.convert("L")), "png": _encoded(photo, "PNG"),
+            "exif-rotated": _encoded(photo, exif=exif.tobytes()),
+            "too-big": _encoded(_photo((1200, 900)))}[case]
+    nbytes, prepared = passthrough_nbytes(data, 480), prepare(data, 480)
+    assert (nbytes is not None) is prepared.passthrough is (case == "rgb")
+    if nbytes is not None:
+        assert nbytes == prepared.array().nbytes == 360 * 500 * 3
+
+
+@pytest.mark.parametrize("cut", [0.2, 0.5, 0.8, 0.97])
+def test_passthrough_check_catches_truncation_as_prepare_does(cut):
+    data = _encoded(_photo(), quality=90)
+    short = data[:int(len(data) * cut)]
+    with pytest.raises(BadImage, match="truncated") as quick:
+        passthrough_nbytes(short, 480)
+    with pytest.raises(BadImage) as full:
+        prepare(short, 480)
+    assert str(quick.value) == str(full.value)
+
+
+@pytest.mark.timeout(60)
+def test_scan_feed_keeps_at_most_ahead_results_waiting():
+    """Pool.imap keeps every finished result: the feed lets workers run only `ahead` tasks past
+    the results taken, and leaving early does not leave the pool's task thread waiting."""
+    import time
+    from multiprocessing.pool import ThreadPool
+
+    from tools.converter.writers.image_sets import _Bounded
+
+    started, got = [], []
+
+    def work(i):
+        started.append(i)
+        return i
+
+    with ThreadPool(2) as pool, _Bounded(list(range(60)), 5) as feed:
+        for result in feed.taken(pool.imap(work, feed)):
+            time.sleep(0.005)  # a slow shard writer: unbounded workers would finish all 60
+            assert len(started) <= len(got) + 1 + 5
+            got.append(result)
+    assert got == list(range(60))
+    with ThreadPool(2) as pool, _Bounded(list(range(60)), 5) as feed:
+        for result in feed.taken(pool.imap(work, feed)):
+            if result == 10:
+                break  # the with-exit must not hang on the task thread
 
 
 def test_shard_index_points_at_each_member(tmp_path):

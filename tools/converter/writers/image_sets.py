@@ -1,8 +1,9 @@
 """Image sets (ImageNet, folder datasets) -> "webdataset" shards + "ffcv" .beton (JPEG),
 resumable shard by shard.
 
-Pass 1 (all formats): a process pool decodes every image (RGB, shorter side capped), which finds
-the undecodable ones before any FFCV writer starts; with "webdataset" it also writes the shards.
+Pass 1 (all formats): a process pool decodes every image (RGB, shorter side capped; a JPEG that
+is stored as it is, at 1/8 scale, which still reads every block), which finds the undecodable
+ones before any FFCV writer starts; with "webdataset" it also writes the shards.
 Each chunk of `shard_size` source images maps to one shard and one progress note (kept count,
 per-class counts, skipped, pixel sums), so a rerun skips finished chunks. Pass 2 ("ffcv")
 re-decodes the kept originals with the same function and lets FFCV JPEG-encode them once; when
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from records import format as fmt
 
 from ..sources.imagenet import Item, read_item
-from ..sources.images import BadImage, encode_jpeg, prepare
+from ..sources.images import BadImage, encode_jpeg, passthrough_nbytes, prepare
 from .atomic import OutputDir
 from .children import die_with_parent
 from .ffcv import import_ffcv, page_size_for, write_beton
@@ -35,6 +37,7 @@ from .webdataset import ShardWriter
 
 MAX_SHARD = 1000  # ~110 MB of ImageNet JPEGs: long sequential reads
 MIN_SHARDS = 8  # so that small sets still split across readers/ranks
+AHEAD = 256  # images decoded ahead of the shard writer, at most (~30 MB of ImageNet JPEGs)
 
 
 class SkippedImageWarning(UserWarning):
@@ -81,6 +84,9 @@ def _scan(task: tuple[Item, int, ImageSettings, bool, bool]):
     item, max_side, settings, want_jpeg, want_sums = task
     data = read_item(item)  # an I/O error is fatal, not a skip
     try:
+        raw = None if want_sums else passthrough_nbytes(data, max_side)
+        if raw is not None:  # stored as it is: checked, never decoded at full size
+            return "ok", data if want_jpeg else None, raw, None
         prepared = prepare(data, max_side, upright=settings.upright)
         pixels = prepared.array()
     except BadImage as err:
@@ -133,6 +139,34 @@ class _FromShards:
         return (data, height, width), label
 
 
+class _Bounded:
+    """The pool's tasks, handed out at most `ahead` before the main process takes their results:
+    Pool.imap keeps every finished result, so a main process slower than its workers (it
+    writes and hashes the shards) would otherwise hold the whole split's images in memory."""
+
+    def __init__(self, tasks: list, ahead: int):
+        self.tasks, self.room, self.stop = tasks, threading.Semaphore(ahead), threading.Event()
+
+    def __iter__(self):  # run by the pool's task thread
+        for task in self.tasks:
+            self.room.acquire()
+            if self.stop.is_set():
+                return
+            yield task
+
+    def taken(self, results):
+        for result in results:
+            self.room.release()
+            yield result
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()  # before the pool's exit joins the task thread: never left waiting
+        self.room.release()
+
+
 @dataclass
 class SplitResult:
     kept: list[Item] = field(default_factory=list)
@@ -172,8 +206,9 @@ class Job:
         tasks = [(items[i], max_side, self.settings, shards, sums)
                  for _, chunk in todo for i in chunk]
         if tasks:
-            with Pool(self.workers, die_with_parent, (os.getpid(),)) as pool:
-                results = pool.imap(_scan, tasks, chunksize=4)
+            with Pool(self.workers, die_with_parent, (os.getpid(),)) as pool, \
+                    _Bounded(tasks, AHEAD) as feed:
+                results = feed.taken(pool.imap(_scan, feed, chunksize=4))
                 bar = tqdm(total=len(tasks), desc=f"{split} decode", unit="img", disable=None)
                 for k, chunk in todo:
                     notes[k] = self._chunk(split, k, chunk, items, results, shards)
