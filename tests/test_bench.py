@@ -28,7 +28,7 @@ def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
                     allow_subset=True, quiet=True)
     out = tmp_path / "results"
     result = main(["--smoke", "--cifar", str(cifar), "--work", str(tmp_path / "work"),
-                   "--out", str(out), "--name", "smoke"])
+                   "--out", str(out), "--name", "smoke", "--convert-photos", "64"])
 
     assert set(result) == set(SCHEMA)
     saved = json.loads((out / "smoke.json").read_text())
@@ -59,6 +59,16 @@ def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
     assert "## Paper schedule, projected" in (out / "smoke.md").read_text()
     conversion = result["conversion"]
     assert conversion["reference"]["images_per_s"] > 0
-    assert "webdataset" in conversion["stages"] and conversion["of_reference_x_cores"] > 0
-    if installed("ffcv"):
-        assert conversion["stages"]["ffcv"]["images_per_s"] > 0
+    # the smoke set (48 train + 4 val) and the larger one (64 + 6), each in its own process
+    assert [run["images"] for run in conversion["runs"]] == [52, 70]
+    for run in conversion["runs"]:
+        assert "webdataset" in run["stages"] and run["of_reference_x_cores"] > 0
+        assert 0 <= run["import_seconds"] < run["seconds"]
+        rss = run["peak_rss_mb"]
+        assert 0 < rss["before_import"] <= rss["after_import"] <= rss["main"]
+        assert rss["largest_worker"] > 0
+        if installed("ffcv"):
+            assert run["stages"]["ffcv"]["images_per_s"] > 0
+    assert not (tmp_path / "work" / "records-64").exists()  # the larger set's records: deleted
+    table = (out / "smoke.md").read_text().split("## ImageNet converter")[1]
+    assert "| 52 |" in table and "| 70 |" in table and "Peak RSS" in table

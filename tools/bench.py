@@ -47,6 +47,9 @@ def parse_args(argv):
     add("--smoke", action="store_true", help="tiny sizes: checks that every part runs (CI)")
     add("--only", default=",".join(PARTS), help="comma list of parts to run")
     add("--photos", type=int, help="train images of the generated set")
+    add("--convert-photos", help="comma list: train images of larger photo sets the "
+        "converter is also timed on (their records are then deleted); default: the profile's "
+        "(20000 on CPU and GPU), none: only the base set")
     add("--sources", help="folder of photos for the set (default: scikit-image's)")
     add("--steps", type=int, help="timed e2e steps")
     add("--amp", default="bf16", help="run.amp of the e2e runs (CUDA only)")
@@ -66,6 +69,12 @@ def parse_args(argv):
         parser.error(f"--only: unknown {sorted(args.only - set(PARTS))}; choose from "
                      f"{sorted(PARTS)}")
     args.compile = {"false": False, "true": "default"}.get(args.compile.lower(), args.compile)
+    if args.convert_photos is not None:
+        counts = args.convert_photos.split(",") if args.convert_photos != "none" else []
+        if not all(n.strip().isdigit() and int(n) > 0 for n in counts):
+            parser.error(f"--convert-photos: {args.convert_photos!r} is not a comma list of "
+                         "positive counts (or none)")
+        args.convert_photos = tuple(int(n) for n in counts)
     return args
 
 
@@ -76,6 +85,10 @@ def main(argv=None) -> dict:
     sizes = plan.PROFILES["smoke" if args.smoke else device.type]
     if args.steps:
         sizes = replace(sizes, steps=args.steps, imagenet_steps=args.steps)
+    if args.photos:
+        sizes = replace(sizes, photos=args.photos)
+    if args.convert_photos is not None:
+        sizes = replace(sizes, convert_photos=args.convert_photos)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = measure.RunSettings(device=str(device), amp=args.amp, compile=args.compile,

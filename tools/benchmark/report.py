@@ -198,17 +198,41 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
         "notes": ("<", note)})
     conv = result["conversion"]
     if conv:
-        ref = conv["reference"]
-        lines += ["", f"## ImageNet converter ({conv['images']} images, {conv['workers']} "
-                  f"processes; goal ≥ 0.8 × reference × processes)", "",
-                  f"Reference ({ref['what']}): {number(ref['images_per_s'])} images/s.", "",
-                  "| stage | images/s | × (reference × processes) |", "|---|---:|---:|"]
-        for name, stage in conv["stages"].items():
-            lines.append(f"| {name} | {number(stage['images_per_s'])} | "
-                         f"{stage['of_reference_x_cores']:.2f} |")
-        lines.append(f"| whole job ({conv['seconds']:.1f} s) | {number(conv['images_per_s'])} | "
-                     f"{conv['of_reference_x_cores']:.2f} |")
+        lines += converter_table(conv)
     return "\n".join(lines) + "\n"
+
+
+def converter_table(conv: dict) -> list[str]:
+    """One row per converted set: the whole job and each format's stage against the reference,
+    and the peak memory (what it is: the paragraph under the table)."""
+    ref, runs = conv["reference"], conv["runs"]
+    stages = list(dict.fromkeys(name for run in runs for name in run["stages"]))
+
+    def rate(d: dict) -> str:
+        return f"{number(d['images_per_s'])} ({d['of_reference_x_cores']:.2f}×)"
+
+    lines = ["", f"## ImageNet converter ({conv['workers']} processes; goal: the whole job ≥ 0.8 "
+             "× reference × processes, peak memory flat as the set grows)", "",
+             f"Reference ({ref['what']}): {number(ref['images_per_s'])} images/s. Each conversion "
+             "runs in a fresh process, as `tools/convert.py` does: the whole job includes "
+             "importing FFCV.", "",
+             "| images | whole job s (FFCV import) | " + " | ".join(
+                 f"{name} images/s (×)" for name in stages)
+             + " | whole job images/s | × (reference × processes) | peak RSS MB: converter / "
+             "largest worker |", "|---:|---:|" + "---:|" * len(stages) + "---:|---:|---:|"]
+    for run in runs:
+        cells = [rate(run["stages"][name]) if name in run["stages"] else "" for name in stages]
+        rss = run["peak_rss_mb"]
+        lines.append(f"| {run['images']:,} | {run['seconds']:.1f} ({run['import_seconds']:.1f}) | "
+                     + " | ".join(cells) + f" | {number(run['images_per_s'])} | "
+                     f"{run['of_reference_x_cores']:.2f} | {rss['main']:.0f} / "
+                     f"{rss['largest_worker']:.0f} |")
+    first = runs[0]["peak_rss_mb"]
+    lines += ["", f"Peak RSS: the converter process holds {first['after_import']:.0f} MB once FFCV "
+              f"is imported, before any image ({first['before_import']:.0f} MB before: FFCV "
+              "brings torch, numba and OpenCV); the decode pool and FFCV's writers are forks of "
+              "it, so they start at its size. What the images add is the difference."]
+    return lines
 
 
 # ---------------------------------------------------------------- chart
