@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from tools.benchmark.memory import peak_rss_mb
 from tools.converter.cli import default_workers
 from tools.converter.datasets.imagenet import JPEG_QUALITY, TRAIN_MAX_SIDE, VAL_MAX_SIDE
 from tools.converter.sources.images import fit_shorter
@@ -43,16 +44,6 @@ def reference_rate(src: Path, limit: int = 500) -> dict:
     return {"images": len(files), "seconds": seconds, "images_per_s": len(files) / seconds,
             "what": f"one process: PIL decode, resize (shorter side {REFERENCE_SIDE}, "
                     f"Lanczos), encode JPEG q{JPEG_QUALITY}"}
-
-
-def peak_rss_mb(who: int) -> float:
-    """Peak RSS of this process (RUSAGE_SELF) or of its largest reaped child. For this process
-    Linux's VmHWM, since ru_maxrss carries over exec the peak of the process that started us."""
-    if who == resource.RUSAGE_SELF and Path("/proc/self/status").is_file():
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
 def convert_here(src: Path, out: Path, formats: list[str], workers: int) -> dict:

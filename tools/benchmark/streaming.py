@@ -8,9 +8,9 @@ Builds an ImageNet-format record set of each size (webdataset shards of 1,000 an
 noise; sample i stores pool image i % 512, 1,000 classes). Then for each size, backend and mode
 one process reads a train epoch (or --batches batches) at batch 256 on the CPU after the set's
 files were evicted from the page cache (posix_fadvise DONTNEED, so reads come from the disk),
-and reports its peak RSS (with its worker processes) and images/sec. Stream mode should keep
-the peak RSS flat between sizes; ram mode maps (FFCV) or expects the page cache to hold the
-records. Writes bench/results/<machine>-<date>-streaming.{json,md}.
+and reports its peak RSS (VmHWM: native, FFCV and DALI decode in threads of that process) and
+images/sec. Stream mode should keep the peak RSS flat between sizes; ram mode maps (FFCV) or
+expects the page cache to hold the records. Writes bench/results/<machine>-<date>-streaming.{json,md}.
 """
 from __future__ import annotations
 
@@ -118,11 +118,13 @@ def measure(root: str, backend: str, mode: str, batches: int) -> dict:
     import torch
 
     from pipelines import DataConfig, build_loader
+    from tools.benchmark.memory import peak_rss_mb
 
     torch.set_num_threads(2)
     cfg = DataConfig(dataset="imagenet", root=root, backend=backend, batch_size=256,
                      num_workers=2, cache=mode)
     loader = build_loader(cfg, "train", "cpu", seed=0)
+    why = loader.request.cache.why
     loader.set_epoch(0)
     seen, start, total = 0, None, min(batches or len(loader), len(loader))
     for number, (images, _) in enumerate(loader):
@@ -133,11 +135,9 @@ def measure(root: str, backend: str, mode: str, batches: int) -> dict:
         if number + 1 >= total:
             break
     seconds = time.perf_counter() - start
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"backend": backend, "mode": mode, "cache": loader.request.cache.why,
+    return {"backend": backend, "mode": mode, "cache": why,
             "batches": total, "images": seen, "img_per_s": round(seen / seconds, 1),
-            "peak_rss_mb": round(peak / 1024, 1)}
+            "peak_rss_mb": peak_rss_mb(resource.RUSAGE_SELF)}
 
 
 def run(args) -> list[dict]:
@@ -174,7 +174,7 @@ def report(rows: list[dict], command: str) -> str:
              "|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['samples']} | {r['records_gb']} GB | {r['backend']} | {r['mode']} | "
-                     f"{r['batches']} | {r['img_per_s']} | {r['peak_rss_mb']} |")
+                     f"{r['batches']} | {r['img_per_s']} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
