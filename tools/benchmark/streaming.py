@@ -10,7 +10,8 @@ one process reads a train epoch (or --batches batches) at batch 256 on the CPU a
 files were evicted from the page cache (posix_fadvise DONTNEED, so reads come from the disk),
 and reports its peak RSS (VmHWM: native, FFCV and DALI decode in threads of that process) and
 images/sec. Stream mode should keep the peak RSS flat between sizes; ram mode maps (FFCV) or
-expects the page cache to hold the records. Writes bench/results/<machine>-<date>-streaming.{json,md}.
+expects the page cache to hold the records.
+Writes bench/results/<machine>-<date>-streaming.{json,md}.
 """
 from __future__ import annotations
 
