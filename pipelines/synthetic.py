@@ -10,7 +10,7 @@ import torch
 from pipelines import ops
 from pipelines.plan import PlannedLoader
 from pipelines.request import LoaderRequest
-from pipelines.spec import DataConfig, num_classes
+from pipelines.spec import DataConfig, class_names, num_classes
 from records import datasets
 from records import format as fmt
 
@@ -49,7 +49,9 @@ class SyntheticLoader(PlannedLoader):
         batch = request.batch_size
         generator = ops.make_generator("cpu", request.seed, request.rank, 0x5717)
         images = torch.randn(batch, *image_shape(request), generator=generator)
-        labels = torch.randint(num_classes(request.data), (batch,), generator=generator)
+        names = class_names(request.data)  # the records' (an ImageNet subset has fewer than 1000)
+        classes = len(names) if names else num_classes(request.data)
+        labels = torch.randint(classes, (batch,), generator=generator)
         self.images = ops.to_dtype_and_layout(images.to(self.device), request.dtype,
                                               request.data.channels_last)
         self.labels = labels.to(self.device)

@@ -10,14 +10,16 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from fixtures import write_cifar_records
+from fixtures import write_cifar_records, write_imagenet_records
 from pipelines import AugSpec, DataConfig, LoaderRequest, build_loader, ops, resample
 from pipelines.plan import EpochPlan, PlannedLoader, shard_indices
 from pipelines.readers import ShardReader, sample_table, split_positions
 from pipelines.spec import IMAGENET_EIGVAL, IMAGENET_EIGVEC
 from records import datasets
 from records import format as fmt
+from train.loop import accumulate
 
 
 # ----------------------------------------------------------------------------- tiny records
@@ -443,6 +445,23 @@ def test_synthetic(tmp_path, dataset, split, mode, scale, shape):
     assert images.shape == shape and labels.dtype == torch.int64
     flat = images.flatten(0, 1) if images.dim() == 5 else images
     assert flat.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_synthetic_labels_stay_among_the_records_classes(tmp_path):
+    """An ImageNet subset (here 4 classes) is evaluated per class by its manifest's names: the
+    synthetic backend draws its labels from those, not from ImageNet's 1000."""
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(jpeg, format="JPEG")
+    samples = [(f"s{i:03d}", jpeg.getvalue(), i % 4) for i in range(64)]
+    root = write_imagenet_records(tmp_path, {"train": samples, "val": samples}, n_classes=4)
+    cfg = DataConfig(dataset="imagenet", root=str(root), backend="synthetic", batch_size=64,
+                     eval_batch_size=64)
+    for split in ("train", "val"):
+        _, labels = next(iter(build_loader(cfg, split, "cpu")))
+        assert labels.shape == (64,) and labels.min() >= 0 and labels.max() < 4
+        assert len(labels.unique()) == 4
+    sums = accumulate(torch.softmax(torch.randn(64, 1000), 1), labels, None, classes=4)
+    assert sums[4 + 4:].sum() == 64  # every label counted in its class
 
 
 # ----------------------------------------------------------------------------- CUDA
