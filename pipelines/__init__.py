@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from pipelines.request import LoaderRequest
+from pipelines.request import LoaderError, LoaderRequest
 from pipelines.spec import (
     BACKENDS,
     AugSpec,
@@ -22,7 +22,7 @@ from pipelines.spec import (
     selection_split,
 )
 
-__all__ = ["build_loader", "AugSpec", "DataConfig", "LoaderRequest", "class_names",
+__all__ = ["build_loader", "AugSpec", "DataConfig", "LoaderError", "LoaderRequest", "class_names",
            "dataset_stats", "num_classes", "report_split", "selection_split"]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.ops import epoch_permutation, mix_seed
-from pipelines.request import LoaderRequest
+from pipelines.request import LoaderError, LoaderRequest
 
 STREAM_WINDOW = 4096  # stream order: samples shuffled together (DALI: its reader's buffer)
 
@@ -76,7 +76,7 @@ class EpochPlan:
         self.blocks = blocks
         self.epoch, self.start = 0, 0
         if drop_last and n // world_size < batch_size:
-            raise ValueError(f"{n} samples over {world_size} rank(s) make no full batch of "
+            raise LoaderError(f"{n} samples over {world_size} rank(s) make no full batch of "
                              f"{batch_size}; lower data.batch_size")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -19,6 +19,11 @@ from pipelines.spec import EVAL_MODES, AugSpec, DataConfig
 from records import datasets
 
 
+class LoaderError(ValueError):
+    """A request the records cannot serve (e.g. a batch larger than the split): the config's
+    fault, reported in one line."""
+
+
 @dataclass(frozen=True)
 class LoaderRequest:
     data: DataConfig  # backend, root, batch sizes, workers, dtype, layout, aug, ...

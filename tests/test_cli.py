@@ -107,6 +107,14 @@ def test_streaming_cifar_arrays_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_batch_larger_than_the_split_is_one_line_and_writes_nothing(colour_cifar, tmp_path):
+    proc = cli("train/run.py", *tiny_args(colour_cifar, tmp_path / "runs", "big",
+                                          "data.batch_size=4096"))
+    one_line_error(proc, "416 samples over 1 rank(s) make no full batch of 4096",
+                   "lower data.batch_size")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_of_a_finished_run_changes_nothing(finished):
     before = files_in(finished)
     proc = cli("train/run.py", "--resume", finished)

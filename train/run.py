@@ -30,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from pipelines import build_loader, class_names, report_split, selection_split
+from pipelines import LoaderError, build_loader, class_names, report_split, selection_split
 from records import datasets
 from records.format import RecordsError
 from train import checkpoint as ckpt
@@ -596,7 +596,8 @@ def main(argv=None) -> Result:
         trainer.release()  # also when fit raises: another run in this process may follow
 
 
-EXPECTED = (ConfigError, RunError, RecordsError, FileNotFoundError, ImportError)  # one line
+EXPECTED = (ConfigError, LoaderError, RunError, RecordsError, FileNotFoundError,  # one line
+            ImportError)
 
 if __name__ == "__main__":
     try:
