@@ -77,7 +77,7 @@ class EpochPlan:
         self.epoch, self.start = 0, 0
         if drop_last and n // world_size < batch_size:
             raise LoaderError(f"{n} samples over {world_size} rank(s) make no full batch of "
-                             f"{batch_size}; lower data.batch_size")
+                              f"{batch_size}; lower data.batch_size")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         if epoch < 0 or not 0 <= start <= len(self):
