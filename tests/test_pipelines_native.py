@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -286,6 +287,42 @@ def test_shard_reader(tmp_path):
                                          r"val has 6; convert again: make dataset-imagenet"):
         sample_table(cfg, "val")
 
+
+
+def test_labels_ask_for_each_shards_label_pages_before_reading_them(tmp_path, monkeypatch):
+    """ShardReader.labels reads one page per sample; on a cold disk it must have the reads
+    queued (POSIX_FADV_WILLNEED) a shard ahead rather than wait for them one by one."""
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this platform")
+    root = tmp_path / "imagenet"
+    (root / fmt.shard_folder_rel("val")).mkdir(parents=True)
+    samples = [(f"k{i:03d}", bytes([i]) * 3000, i % 3) for i in range(9)]
+    for shard in range(3):
+        write_shard(root / fmt.shard_rel("val", shard), samples[3 * shard:3 * shard + 3])
+    write_manifest(root, "imagenet", {"train": 0, "val": 9}, ["a", "b", "c"])
+    reader = ShardReader(sample_table(DataConfig(dataset="imagenet", root=str(root)), "val"))
+    table, events = reader.table, []
+    fadvise, pread = os.posix_fadvise, os.pread
+
+    def announce(fd, offset, size, advice):
+        events.append(("ask", offset, size))
+        return fadvise(fd, offset, size, advice)
+
+    def read(fd, size, offset):
+        events.append(("read", offset, size))
+        return pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "posix_fadvise", announce)
+    monkeypatch.setattr(os, "pread", read)
+    assert reader.labels().tolist() == [i % 3 for i in range(9)]
+    cls = [(int(o), int(n)) for o, n in zip(table.cls_offset, table.cls_size)]
+    assert [(o, n) for kind, o, n in events if kind == "read"] == cls
+    for i, member in enumerate(cls):
+        asked = events.index(("ask", *member))
+        assert asked < events.index(("read", *member))
+        shard_ahead = 3 * (i // 3 + 1)  # shard k+1 is asked for before shard k's first read
+        if shard_ahead < 9 and i % 3 == 0:
+            assert events.index(("ask", *cls[shard_ahead])) < events.index(("read", *member))
 
 # ----------------------------------------------------------------------------- build_loader
 @pytest.mark.parametrize("kwargs,match", [
