@@ -236,7 +236,9 @@ def test_imagenet_class_with_no_decodable_image_is_an_error(tmp_path):
     names = "|".join(sorted(image.name for image in broken.iterdir()))
     with pytest.warns(UserWarning, match="skipped"), pytest.raises(
             ValueError, match=rf"train class {broken.name} has no decodable image: all 2 were "
-                              rf"skipped \(.*({names}).*\); a class must keep at least one"):
+                              rf"skipped \(.*({names}).*\); a class must keep at least one "
+                              r"image: replace those files, or remove the class \(ImageNet: "
+                              r"and pass --allow-subset\)"):
         convert("imagenet", src, tmp_path / "out", formats=["webdataset"], allow_subset=True,
                 workers=1, quiet=True)
     assert not (tmp_path / "out/imagenet" / fmt.MANIFEST).exists()

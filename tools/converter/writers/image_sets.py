@@ -277,7 +277,8 @@ def _check_classes_kept(result: SplitResult, classes: list[str], src) -> None:
         raise ValueError(f"{src}: train class {classes[empty[0]]}{more} has no decodable image: "
                          f"all {len(files)} were skipped ({', '.join(files[:5])}"
                          f"{', ...' if len(files) > 5 else ''}); a class must keep at least one "
-                         "image: replace those files (or remove the class, with --allow-subset)")
+                         "image: replace those files, or remove the class (ImageNet: "
+                         "and pass --allow-subset)")
 
 
 
