@@ -17,7 +17,7 @@ from train.loop import LoopSettings, RunHooks, TrainState, train_one_epoch
 from train.meter import Meter
 from train.run import main
 from train.schedule import LRSchedule, build_optimizer
-from train.step import TrainStep, plan_step
+from train.step import COMPILE_PAYS_AFTER, TrainStep, plan_step
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -92,6 +92,47 @@ def test_graph_step_refuses_the_cpu():
     assert not plan_step("auto", "auto", torch.device("cpu"), 1, None).graph
 
 
+def test_auto_compiles_on_cuda_only_when_the_run_pays_it_back():
+    """run.compile=auto on CUDA: torch.compile inside the whole-step graph for a long run (the
+    paper's 64k iterations, or a length not given); the graph alone for a short one (the
+    quickstart's 900), saying why; an explicit mode is kept whatever the length."""
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16  # a plan only: no device is touched
+    paper = plan_step("auto", "auto", cuda, 1, bf16, iterations=64_000)
+    assert (paper.compile, paper.graph) == ("default", True)
+    assert paper.why == "torch.compile default, whole step as one CUDA graph"
+    assert plan_step("auto", "auto", cuda, 1, bf16).compile == "default"
+    edge = plan_step("auto", "auto", cuda, 1, bf16, iterations=COMPILE_PAYS_AFTER)
+    assert edge.compile == "default"
+    quick = plan_step("auto", "auto", cuda, 1, bf16, iterations=900)
+    assert (quick.compile, quick.graph) == (False, True)
+    assert quick.why == ("eager, whole step as one CUDA graph (run.compile=auto: torch.compile "
+                         "pays its compiling back after about 30,000 iterations, this run has "
+                         "900)")
+    assert plan_step("default", "auto", cuda, 1, bf16, iterations=900).compile == "default"
+    ddp = plan_step("auto", "auto", cuda, 2, bf16, iterations=900)
+    assert (ddp.compile, ddp.graph) == (False, False)
+    assert plan_step("auto", "auto", torch.device("cpu"), 1, bf16, iterations=10**6).why == "eager"
+
+
+
+def test_a_run_plans_its_step_for_its_own_length(tmp_path, monkeypatch):
+    """train/run.py hands plan_step the run's iterations (2 epochs of 13 here), so that
+    run.compile=auto on CUDA can weigh compiling against the run's length; the run header says
+    the plan's reason."""
+    import train.run
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("iterations"))
+        return plan_step(*args, **kwargs)
+
+    monkeypatch.setattr(train.run, "plan_step", recording)
+    records = write_tiny_cifar(tmp_path / "data")
+    result = main(tiny_args(records, tmp_path, "run"))
+    assert result.status == "completed" and seen == [None, 26]
+    assert result.summary["iterations"] == 26 and result.summary["step"] == "eager"
+
 @pytest.fixture
 def deterministic():
     """cuDNN's deterministic algorithms, no TF32: two eager runs are bit-identical (on an H200,
@@ -135,12 +176,14 @@ def test_graph_step_trains_like_the_eager_step(device, deterministic):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_run_with_bf16_channels_last_and_the_fastest_step(tmp_path, device):
-    """A whole run in run.compile=auto / run.cuda_graph=auto (CUDA: a compiled model in a
-    whole-step graph; CPU: its resolved default) with bf16 and channels_last."""
+    """A whole run in the step mode a long run gets from run.compile=auto / run.cuda_graph=auto
+    (CUDA: a compiled model in a whole-step graph, asked for by name since this run is short;
+    CPU: its resolved default) with bf16 and channels_last."""
     records = write_tiny_cifar(tmp_path / "data")
     amp = "bf16" if device == "cuda" else "none"
+    compile_mode = "default" if device == "cuda" else "auto"
     result = main(tiny_args(records, tmp_path, "run", f"run.device={device}", f"run.amp={amp}",
-                            "data.channels_last=true"))
+                            "data.channels_last=true", f"run.compile={compile_mode}"))
     assert result.status == "completed"
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])

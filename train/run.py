@@ -212,9 +212,10 @@ class Trainer:
         try:
             resumed = self.load_resumed(checkpoint) if resume else None
             self.precision = self.configure_device()
-            self.plan = self.plan_step()
+            self.plan_step()  # a step mode this device cannot run fails before the loaders
             self.train_loader, self.val_loader = self.create_loaders()
             self.total_iters = total_iterations(cfg.schedule, len(self.train_loader))
+            self.plan = self.plan_step(self.total_iters)
             self.raw_model, self.model, self.eval_model = self.create_model()
             self.optimizer, self.schedule = self.create_optimizer()
             self.step = TrainStep(self.model, self.optimizer, self.precision, self.env.device,
@@ -274,11 +275,11 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         return precision(self.cfg, self.env.device)
 
-    def plan_step(self) -> StepPlan:
+    def plan_step(self, iterations: int | None = None) -> StepPlan:
         run = self.cfg.run
         try:
             return plan_step(run.compile, run.cuda_graph, self.env.device, self.env.world_size,
-                             self.precision.amp_dtype)
+                             self.precision.amp_dtype, iterations)
         except ValueError as error:
             raise ConfigError(str(error)) from None
 

@@ -97,6 +97,10 @@ class TrainStep:
 
 # run.compile=auto: the fastest correct mode measured per device (bench/results/).
 AUTO_COMPILE = {"cuda": "default", "cpu": False}
+# ...on CUDA only for runs long enough to pay its compiling back. One H200, ResNet-32 at batch
+# 128 (bench/results/h200-16c-2026-12-04-gpu.md, section 4): torch.compile inside the whole-step
+# graph warms up 20.1 s longer than the graph alone and saves 0.69 ms a step: even after 29,000.
+COMPILE_PAYS_AFTER = 30_000
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,18 @@ class StepPlan:
 
 
 def plan_step(compile_mode: str | bool, cuda_graph: bool | str, device: torch.device,
-              world_size: int, amp_dtype: torch.dtype | None) -> StepPlan:
-    """Resolve run.compile and run.cuda_graph for this device and process count."""
+              world_size: int, amp_dtype: torch.dtype | None,
+              iterations: int | None = None) -> StepPlan:
+    """Resolve run.compile and run.cuda_graph for this device and process count; `iterations`:
+    the run's length (None: long enough for any compile to pay back)."""
     cuda = device.type == "cuda"
+    short = ""
     if compile_mode == "auto":
         compile_mode = AUTO_COMPILE["cuda" if cuda else "cpu"]
+        if compile_mode and iterations is not None and iterations < COMPILE_PAYS_AFTER:
+            compile_mode = False
+            short = (f" (run.compile=auto: torch.compile pays its compiling back after about "
+                     f"{COMPILE_PAYS_AFTER:,} iterations, this run has {iterations:,})")
     fit = cuda and world_size == 1 and amp_dtype is not torch.float16
     if cuda_graph == "auto":
         graph = fit and compile_mode != "reduce-overhead"
@@ -131,4 +142,5 @@ def plan_step(compile_mode: str | bool, cuda_graph: bool | str, device: torch.de
             raise ValueError("run.cuda_graph=true captures the whole step already: use "
                              "run.compile=default (reduce-overhead makes graphs of its own)")
     why = f"torch.compile {compile_mode}" if compile_mode else "eager"
-    return StepPlan(compile_mode, graph, why + (", whole step as one CUDA graph" if graph else ""))
+    why += ", whole step as one CUDA graph" if graph else ""
+    return StepPlan(compile_mode, graph, why + short)
