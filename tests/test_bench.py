@@ -72,3 +72,41 @@ def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
     assert not (tmp_path / "work" / "records-64").exists()  # the larger set's records: deleted
     table = (out / "smoke.md").read_text().split("## ImageNet converter")[1]
     assert "| 52 |" in table and "| 70 |" in table and "Peak RSS" in table
+
+
+def test_loader_stages_times_each_stage_and_the_loader_beside_a_model(tmp_path):
+    """tools/benchmark/loader_stages.py on tiny ImageNet-format records, on the CPU (the same
+    code the GPU machine runs): every stage timed, the loader alone and beside a model's steps,
+    the model alone and beside the loader, in the JSON it writes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fixtures import write_imagenet_records
+    from tools.benchmark.loader_stages import main as stages_main
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        samples.append((f"k{i:02d}", buffer.getvalue(), i % 3))
+    root = write_imagenet_records(tmp_path, {"train": samples, "val": samples[:3]},
+                                  shard_size=4, n_classes=3)
+    out = tmp_path / "stages.json"
+    result = stages_main(["--records", str(root), "--device", "cpu", "--batch", "4",
+                          "--workers", "2", "--batches", "2", "--model", "resnet18",
+                          "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["model_step"] == "eager"  # on CUDA: the whole step one CUDA graph
+    assert set(result["stage_ms_per_batch"]) == {"read", "decode", "augment"}
+    assert all(ms > 0 for ms in result["stage_ms_per_batch"].values())
+    assert result["stage_ms_per_image"]["decode"] == pytest.approx(
+        result["stage_ms_per_batch"]["decode"] / 4, abs=1e-4)
+    for key in ("loader_alone_img_s", "loader_beside_model_img_s", "model_alone_img_s",
+                "model_beside_loader_img_s"):
+        assert result[key] > 0, key
+    with pytest.raises(SystemExit, match="3 train batches of 4; need 4"):
+        stages_main(["--records", str(root), "--device", "cpu", "--batch", "4",
+                     "--batches", "3", "--model", "resnet18"])
