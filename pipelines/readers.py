@@ -105,22 +105,56 @@ def shard_paths(cfg: DataConfig, split: str) -> list[Path]:
     return sorted((Path(cfg.root) / fmt.shard_folder_rel(split)).glob("shard-*.tar"))
 
 
+def _index_columns(index: Path):
+    """(keys, [jpg offsets, jpg sizes, cls offsets, cls sizes]) of a shard index in the layout
+    the converter writes (one sample a line: its .jpg member, then its .cls), parsed column by
+    column (full ImageNet's 1,282 indexes warm: 1.1 s instead of 2.8 line by line); None for any
+    other layout, which the general parser (records.format.read_shard_index) then reads or
+    refuses with its reason."""
+    header, _, body = index.read_text().partition("\n")
+    tokens = body.split()
+    n = len(tokens) // 8
+    lines = body.count("\n") + (not body.endswith("\n"))
+    if (header.split() != [fmt.SHARD_INDEX_VERSION, str(n)] or len(tokens) != 8 * n
+            or lines != n or tokens[0::8] != ["jpg"] * n or tokens[4::8] != ["cls"] * n):
+        return None
+    keys = [name[:-4] for name in tokens[3::8]]
+    if ([key + ".jpg" for key in keys] != tokens[3::8]
+            or [key + ".cls" for key in keys] != tokens[7::8] or len(set(keys)) != n):
+        return None
+    numbers = [tokens[k::8] for k in (1, 2, 5, 6)]
+    if not all((joined := "".join(column)).isascii() and joined.isdigit() for column in numbers):
+        return None
+    return keys, [np.fromstring(" ".join(column), dtype=np.int64, sep=" ") for column in numbers]
+
+
+def _index_rows(path: str, index: Path):
+    """The general parser's reading of one shard index, in _index_columns's form."""
+    keys, rows = [], []
+    for key, parts in fmt.read_shard_index(index).items():
+        if "jpg" not in parts or "cls" not in parts:
+            raise ValueError(f"{path}: sample {key!r} lacks a .jpg or .cls member "
+                             f"(has {sorted(parts)})")
+        keys.append(key)
+        rows.append((*parts["jpg"], *parts["cls"]))
+    return keys, list(np.asarray(rows, dtype=np.int64).reshape(-1, 4).T)
+
+
 @lru_cache(maxsize=16)
 def _sample_table(shards: tuple[Path, ...], stamp: tuple) -> SampleTable:
     del stamp  # only part of the cache key: a rewritten shard invalidates the cache
-    shard_of, keys, columns = [], [], {name: [] for name in ("jo", "js", "co", "cs")}
+    shard_of, keys = [np.zeros(0, np.int32)], []
+    columns = [[np.zeros(0, np.int64)] for _ in range(4)]
     for position, path in enumerate(shards):
-        for key, parts in fmt.read_shard_index(fmt.shard_index_rel(str(path))).items():
-            if "jpg" not in parts or "cls" not in parts:
-                raise ValueError(f"{path}: sample {key!r} lacks a .jpg or .cls member "
-                                 f"(has {sorted(parts)})")
-            shard_of.append(position)
-            keys.append(key)
-            for name, value in zip(("jo", "js", "co", "cs"), (*parts["jpg"], *parts["cls"])):
-                columns[name].append(value)
-    as64 = {name: np.asarray(values, dtype=np.int64) for name, values in columns.items()}
-    return SampleTable(tuple(str(p) for p in shards), np.asarray(shard_of, dtype=np.int32),
-                      tuple(keys), as64["jo"], as64["js"], as64["co"], as64["cs"])
+        index = Path(fmt.shard_index_rel(str(path)))
+        shard_keys, shard_columns = _index_columns(index) or _index_rows(str(path), index)
+        shard_of.append(np.full(len(shard_keys), position, dtype=np.int32))
+        keys.extend(shard_keys)
+        for kept, new in zip(columns, shard_columns):
+            kept.append(new)
+    jo, js, co, cs = (np.concatenate(column) for column in columns)
+    return SampleTable(tuple(str(p) for p in shards), np.concatenate(shard_of), tuple(keys),
+                       jo, js, co, cs)
 
 
 def sample_table(cfg: DataConfig, split: str) -> SampleTable:
@@ -193,7 +227,7 @@ class ShardReader:
         between JPEGs, so on a cold page cache this is one random read per sample: the next
         shard's label pages are asked for (POSIX_FADV_WILLNEED, which queues the reads and
         returns) while this shard's are read, so the disk serves many at once (100,000 samples
-        on a cold disk: 1.2 s instead of 13)."""
+        on a cold disk: 1.1 s instead of 11.4)."""
         table = self.table
         shards = np.split(np.arange(len(self)), np.flatnonzero(np.diff(table.shard)) + 1)
         labels = np.empty(len(self), dtype=np.int64)

@@ -324,6 +324,36 @@ def test_labels_ask_for_each_shards_label_pages_before_reading_them(tmp_path, mo
         if shard_ahead < 9 and i % 3 == 0:
             assert events.index(("ask", *cls[shard_ahead])) < events.index(("read", *member))
 
+
+def test_shard_index_columns_read_what_the_general_parser_reads(tmp_path):
+    """The column-wise parse of the converter's index layout equals the general parser's
+    reading; any other layout (members in another order, a third member, a repeated key, a
+    number that is not one, a count that differs) is left to the general parser."""
+    from pipelines.readers import _index_columns, _index_rows
+
+    samples = [(f"k{i:03d}", bytes([i]) * (100 + 700 * i), i % 3) for i in range(5)]
+    write_shard(tmp_path / "shard-000000.tar", samples)
+    index = tmp_path / "shard-000000.idx"
+    keys, columns = _index_columns(index)
+    want_keys, want_columns = _index_rows("shard-000000.tar", index)
+    assert keys == want_keys == [key for key, _, _ in samples]
+    for got, want in zip(columns, want_columns, strict=True):
+        assert got.dtype == np.int64 and got.tolist() == want.tolist()
+    lines = index.read_text().splitlines()
+    header, first = lines[0], lines[1].split()
+    odd = {"cls first": " ".join(first[4:] + first[:4]),
+           "third member": lines[1] + " txt 0 1 k000.txt",
+           "repeated key": lines[2],
+           "not a number": lines[1].replace(first[1], "1e3", 1),
+           "negative": lines[1].replace(first[2], "-" + first[2], 1)}
+    for why, line in odd.items():
+        index.write_text("\n".join([header, line, *lines[2:]]) + "\n")
+        assert _index_columns(index) is None, why
+    index.write_text("\n".join(["v1.2 6", *lines[1:]]) + "\n")
+    assert _index_columns(index) is None
+    with pytest.raises(fmt.RecordsError, match="header says 6 samples, lists 5"):
+        _index_rows("shard-000000.tar", index)
+
 # ----------------------------------------------------------------------------- build_loader
 @pytest.mark.parametrize("kwargs,match", [
     (dict(split="valid"), "split='valid'"),

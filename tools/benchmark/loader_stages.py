@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pipelines import DataConfig, build_loader  # noqa: E402
+from tools.benchmark.measure import measure_loader  # noqa: E402
 from train.build import model_for, precision  # noqa: E402
 from train.config import from_dict  # noqa: E402
 from train.loop import device_sync  # noqa: E402
@@ -102,20 +103,6 @@ class ModelLoop:
                 device_sync(self.device)  # a run's queue depth, not an unbounded one
 
 
-def loader_rate(loader, batches: int, device: torch.device) -> float:
-    stream = iter(loader)
-    next(stream)
-    device_sync(device)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        _, labels = next(stream)
-        count += len(labels)
-    device_sync(device)
-    rate = count / (time.perf_counter() - start)
-    stream.close()
-    return rate
-
-
 def measure(records: str, device: str, batch: int, workers: int, batches: int,
             model: str) -> dict:
     device = torch.device(device)
@@ -127,7 +114,7 @@ def measure(records: str, device: str, batch: int, workers: int, batches: int,
                          f"{batches + 1} (--batches, --batch)")
     loader.set_epoch(0)
     stages = stage_times(loader, device, batches)
-    alone = loader_rate(loader, batches, device)
+    alone = measure_loader(cfg, "train", device, 1, batches)["images_per_s"]
     stream = iter(loader)
     sample, _ = next(stream)
     stream.close()
@@ -138,7 +125,7 @@ def measure(records: str, device: str, batch: int, workers: int, batches: int,
     first = trainer.steps
     start = time.perf_counter()
     thread.start()
-    beside = loader_rate(loader, batches, device)
+    beside = measure_loader(cfg, "train", device, 1, batches)["images_per_s"]
     trainer.stop.set()
     thread.join()
     device_sync(device)

@@ -70,18 +70,19 @@ class Encoded:
         return (self.jpegs[i % len(self.jpegs)], SIZE[1], SIZE[0]), i % 1000
 
 
-def make_set(folder: Path, n: int, jpegs: list[bytes]) -> Path:
-    """folder/imagenet with n train and 1,000 val samples in both ImageNet formats."""
+def make_set(folder: Path, n: int, jpegs: list[bytes],
+             formats: tuple[str, ...] = ("webdataset", "ffcv"),
+             source: str = "streaming benchmark") -> Path:
+    """folder/imagenet with n train and 1,000 val samples (label i % 1000) in `formats`."""
     from records import format as fmt
     from tools.converter.photos import wnid
     from tools.converter.writers.atomic import OutputDir
-    from tools.converter.writers.ffcv import page_size_for, write_beton
     from tools.converter.writers.webdataset import ShardWriter
 
     root = folder / "imagenet"
     if (root / "manifest.json").is_file():
         return root
-    out, files, info = OutputDir(root, fingerprint=f"streaming benchmark {n}"), {}, {}
+    out, files, info = OutputDir(root, fingerprint=f"{source} {n}"), {}, {}
     try:
         for split, count in (("train", n), ("val", 1000)):
             for number, start in enumerate(range(0, count, SHARD)):
@@ -89,15 +90,17 @@ def make_set(folder: Path, n: int, jpegs: list[bytes]) -> Path:
                 for i in range(start, min(count, start + SHARD)):
                     shard.add(f"{split}_{i:08d}", jpegs[i % len(jpegs)], i % 1000)
                 files.update(shard.commit())
-            rel = fmt.beton_rel(split)
-            files[rel] = write_beton(out, rel, Encoded(jpegs, count), workers=2, encoded=True,
-                                     page_size=page_size_for(max(map(len, jpegs))))
+            if "ffcv" in formats:
+                from tools.converter.writers.ffcv import page_size_for, write_beton
+
+                rel, page = fmt.beton_rel(split), page_size_for(max(map(len, jpegs)))
+                files[rel] = write_beton(out, rel, Encoded(jpegs, count), workers=2,
+                                         encoded=True, page_size=page)
             info[split] = {"count": count, "per_class": np.bincount(
                 np.arange(count) % 1000, minlength=1000).tolist()}
         out.write_manifest(fmt.make_manifest(
-            dataset="imagenet", formats=["webdataset", "ffcv"], source="streaming benchmark",
-            settings={}, classes=[wnid(i) for i in range(1000)], splits=info, files=files,
-            root=root))
+            dataset="imagenet", formats=list(formats), source=source, settings={},
+            classes=[wnid(i) for i in range(1000)], splits=info, files=files, root=root))
     finally:
         out.close()
     return root
