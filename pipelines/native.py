@@ -105,13 +105,17 @@ class ImageNetLoader(PlannedLoader):
     def _batch(self, epoch: int, number: int, positions: np.ndarray):
         """One whole batch, in a loader thread: read, decode, augment, normalize; on CUDA on
         the thread's own stream, with an event that says when it is ready."""
-        blobs, labels = zip(*(self.reader.read(int(i)) for i in positions))
-        data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-        labels = torch.tensor(labels, dtype=torch.int64)
+        data, labels = self.read(positions)
         images = self.order.decode(data)
         with self.order.context():
             batch, labels = self._augment(epoch, number, images, labels)
             return batch, labels, self.order.done()
+
+    def read(self, positions: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """A batch's JPEG bytes (uint8 tensors, as the decoder takes them) and its labels."""
+        blobs, labels = zip(*(self.reader.read(int(i)) for i in positions))
+        data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+        return data, torch.tensor(labels, dtype=torch.int64)
 
     def _augment(self, epoch: int, number: int, images: list[torch.Tensor],
                  labels: torch.Tensor):

@@ -231,9 +231,8 @@ class ShardReader:
         table = self.table
         shards = np.split(np.arange(len(self)), np.flatnonzero(np.diff(table.shard)) + 1)
         labels = np.empty(len(self), dtype=np.int64)
+        self._announce_labels(shards[0])
         for k, rows in enumerate(shards):
-            if k == 0:
-                self._announce_labels(rows)
             if k + 1 < len(shards):
                 self._announce_labels(shards[k + 1])
             labels[rows] = [self.read_label(int(i)) for i in rows]

@@ -47,9 +47,7 @@ def stage_times(loader, device: torch.device, batches: int) -> dict:
     plan = list(loader.plan.batches())
     for number, positions in plan[:batches]:
         t0 = time.perf_counter()
-        blobs, labels = zip(*(loader.reader.read(int(i)) for i in positions))
-        data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-        labels = torch.tensor(labels, dtype=torch.int64)
+        data, labels = loader.read(positions)
         t1 = time.perf_counter()
         images = loader.order.decode(data)
         device_sync(device)
