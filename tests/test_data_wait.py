@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,15 @@ from pipelines import DataConfig, build_loader
 from train.build import Precision
 from train.config import load_config
 from train.distributed import DistEnv
-from train.loop import LoopSettings, RunHooks, TrainState, data_verdict, train_one_epoch
+from train.loop import (
+    LoopSettings,
+    RunHooks,
+    TrainState,
+    data_bound,
+    data_verdict,
+    gpu_busy,
+    train_one_epoch,
+)
 from train.meter import Meter
 from train.metrics import read_metrics
 from train.run import main
@@ -90,5 +99,33 @@ def test_run_reports_data_wait_in_metrics_and_summary(colour_cifar, tmp_path, ca
     assert train and all(0 <= r["data_wait"] <= 1 and r["step_ms"] > 0 for r in train)
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert 0 <= summary["data_wait_fraction"] <= 1
+    assert summary["gpu_busy_fraction"] is None  # the CPU has no GPU timings
     assert "of the time waiting on the loader" in summary["data_verdict"]
     assert summary["images_per_sec"] > 0
+
+
+H200_RUN = Path(__file__).parent.parent / "bench/results/h200-16c-2026-12-04-resnet32"
+
+
+def test_a_gpu_busy_with_the_step_is_not_data_bound_though_the_host_waited():
+    """The H200 paper run (its metrics.jsonl, committed): the host spent 38% of the time in the
+    loader's next(), yet the GPU ran the training step 2.37 of every 2.47 ms: the host had run
+    ahead and waited behind the GPU's queue. Its summary said "data-bound"; it is GPU-bound."""
+    records = read_metrics(H200_RUN)
+    summary = json.loads((H200_RUN / "summary.json").read_text())
+    busy = gpu_busy(records)
+    assert busy == pytest.approx(2.37 / 2.47, abs=0.01)
+    wait = summary["data_wait_fraction"]
+    assert wait == pytest.approx(0.375, abs=0.001) and not data_bound(wait, busy)
+    assert data_verdict(wait, busy).startswith("GPU-bound: 38% of the time waiting on the loader"
+                                               "; the GPU busy with the training step 96%")
+    # the same host wait with a GPU idle half of each step: starved of data
+    starved = [{"kind": "train", "gpu_step_ms": 1.2, "step_ms": 2.47}] * 3
+    assert gpu_busy(starved) == pytest.approx(1.2 / 2.47)
+    assert data_bound(wait, gpu_busy(starved))
+    assert data_verdict(wait, gpu_busy(starved)).startswith("data-bound")
+    # the median: a first interval with compilation (GPU idle) does not decide
+    assert gpu_busy([{"kind": "train", "gpu_step_ms": 2.4, "step_ms": 530.0}] + records) \
+        == pytest.approx(busy, abs=1e-4)
+    assert gpu_busy([{"kind": "train", "step_ms": 3.0}]) is None  # CPU records
+    assert data_verdict(0.02, 0.5).startswith("not data-bound")

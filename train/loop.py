@@ -11,6 +11,7 @@ and, on CUDA, the GPU time of the last step (CUDA events, read at the log step's
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,8 @@ from train.schedule import LRSchedule
 from train.step import TrainStep
 
 __all__ = ["NonFiniteLoss", "TrainState", "LoopSettings", "RunHooks", "train_one_epoch",
-           "evaluate", "predict", "device_sync", "data_verdict", "DATA_BOUND"]
+           "evaluate", "predict", "device_sync", "data_verdict", "data_bound", "gpu_busy",
+           "DATA_BOUND", "GPU_BOUND"]
 
 
 @dataclass
@@ -81,15 +83,36 @@ def device_sync(device: torch.device) -> None:
 
 
 DATA_BOUND = 0.1  # a run waiting on its loader for more than this fraction of the time says so
+GPU_BOUND = 0.9  # a CUDA step whose GPU time is at least this fraction of its wall time
 
 
-def data_verdict(wait_fraction: float) -> str:
+def gpu_busy(records: list[dict]) -> float | None:
+    """On CUDA, the fraction of a step's wall time the GPU spent in the training step: the
+    median over the log intervals (first one, with compilation, included but outvoted) of
+    gpu_step_ms / step_ms. None without GPU timings (the CPU)."""
+    ratios = [min(r["gpu_step_ms"] / r["step_ms"], 1.0) for r in records
+              if r.get("kind") == "train" and r.get("gpu_step_ms") and r.get("step_ms")]
+    return statistics.median(ratios) if ratios else None
+
+
+def data_bound(wait_fraction: float, busy: float | None = None) -> bool:
+    """Whether the loader held training back. On CUDA the host also waits in the loader when
+    it has run ahead of the GPU (the launch queue is full and the loader's kernels are the next
+    to be queued), so a GPU busy with the step for GPU_BOUND of the time is not data-bound."""
+    return wait_fraction > DATA_BOUND and (busy is None or busy < GPU_BOUND)
+
+
+def data_verdict(wait_fraction: float, busy: float | None = None) -> str:
     """A plain sentence on whether the run was data-bound."""
-    percent = f"{100 * wait_fraction:.0f}%"
-    if wait_fraction > DATA_BOUND:
-        return (f"data-bound: {percent} of the time waiting on the loader; try "
-                "data.num_workers / another data.backend")
-    return f"not data-bound: {percent} of the time waiting on the loader"
+    percent = f"{100 * wait_fraction:.0f}% of the time waiting on the loader"
+    gpu = "" if busy is None else f"; the GPU busy with the training step {100 * busy:.0f}% of it"
+    if data_bound(wait_fraction, busy):
+        return f"data-bound: {percent}{gpu}; try data.num_workers / another data.backend"
+    if busy is not None and busy >= GPU_BOUND:
+        queued = (" (the host waited behind the GPU's queue, not for data)"
+                  if wait_fraction > DATA_BOUND else "")
+        return f"GPU-bound: {percent}{gpu}{queued}"
+    return f"not data-bound: {percent}{gpu}"
 
 
 def train_one_epoch(step: TrainStep, loader, schedule: LRSchedule, state: TrainState,

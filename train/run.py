@@ -40,14 +40,15 @@ from train.checkpoint import BEST, LAST, PREVIOUS
 from train.config import Config, ConfigError, dump_config, load_config, to_dict
 from train.files import LOCK, RunError, RunLock, set_aside
 from train.loop import (
-    DATA_BOUND,
     LoopSettings,
     NonFiniteLoss,
     RunHooks,
     TrainState,
+    data_bound,
     data_verdict,
     device_sync,
     evaluate,
+    gpu_busy,
     train_one_epoch,
 )
 from train.meter import WINDOW, Meter, SpeedWatch
@@ -500,6 +501,8 @@ class Trainer:
             ckpt.save_atomic(ckpt.load_checkpoint(self.run_dir / LAST), self.run_dir / BEST)
         wall = time.perf_counter() - self.clock0
         wait = state.data_wait / max(state.train_time, 1e-9)
+        records = read_metrics(self.run_dir)
+        busy = gpu_busy(records)
         tta = self.time_to_target
         device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
         summary = {
@@ -516,7 +519,8 @@ class Trainer:
             "per_class_accuracy": final.get("per_class_accuracy"),  # the final model's
             "images_per_sec": state.images / max(state.train_time, 1e-9),
             "step": self.plan.why, "speed": self.watch.summary(),
-            "data_wait_fraction": wait, "data_verdict": data_verdict(wait),
+            "data_wait_fraction": wait, "gpu_busy_fraction": busy,
+            "data_verdict": data_verdict(wait, busy),
             "train_time_s": state.train_time, "wall_time_s": wall,
             "target_error": cfg.run.target_error,
             "time_to_target_s": None if tta is None else tta["seconds"],
@@ -526,13 +530,13 @@ class Trainer:
         if split == selection_split(cfg.data):
             summary["note"] = NO_TEST_NOTE.format(datasets.get(cfg.data.dataset).title)
         write_json(summary, self.run_dir / "summary.json")
-        plot_curves(read_metrics(self.run_dir), self.run_dir / "curves.png",
+        plot_curves(records, self.run_dir / "curves.png",
                     title=f"{cfg.model.name} {cfg.data.dataset}")
         tqdm.write(f"done ({status}): {split} error {final['top1_error']:.2f}% "
                    f"(top-5 {final['top5_error']:.2f}%), {summary['images_per_sec']:.0f} img/s, "
                    f"{wall:.0f}s\n  curves:  {self.run_dir / 'curves.png'}\n"
                    f"  summary: {self.run_dir / 'summary.json'}")
-        if wait > DATA_BOUND:
+        if data_bound(wait, busy):
             tqdm.write(summary["data_verdict"])
         return summary
 
