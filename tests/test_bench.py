@@ -1,5 +1,6 @@
-"""`tools/bench.py --smoke`: every part runs, every installed backend produces a number, and the
-results have their schema. Speed goals stay in the benchmark itself, not here."""
+"""`tools/bench.py --smoke` (with `tools/gpu_check.py --smoke`'s arguments): every part runs, every
+installed backend produces a number, and the results have their schema. Speed goals stay in the
+benchmark itself, not here."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +11,7 @@ import pytest
 from fixtures import make_cifar_tar
 from tools.bench import BACKENDS, main
 from tools.benchmark.report import SCHEMA
+from tools.gpu_check import bench_arguments
 
 
 def installed(backend: str) -> bool:
@@ -27,8 +29,9 @@ def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
     cifar = convert("cifar10", src=tar["path"], out=tmp_path / "records", formats=formats,
                     allow_subset=True, quiet=True)
     out = tmp_path / "results"
-    result = main(["--smoke", "--cifar", str(cifar), "--work", str(tmp_path / "work"),
-                   "--out", str(out), "--name", "smoke", "--convert-photos", "64"])
+    # the arguments `tools/gpu_check.py --smoke` gives it (its own test skips this part)
+    arguments = bench_arguments(out, "smoke", tmp_path, cifar, None, smoke=True)
+    result = main([*arguments, "--convert-photos", "64"])
 
     assert set(result) == set(SCHEMA)
     saved = json.loads((out / "smoke.json").read_text())
@@ -69,7 +72,8 @@ def test_smoke_benchmark_writes_every_number_and_the_schema(tmp_path):
         assert rss["largest_worker"] > 0
         if installed("ffcv"):
             assert run["stages"]["ffcv"]["images_per_s"] > 0
-    assert not (tmp_path / "work" / "records-64").exists()  # the larger set's records: deleted
+    assert (tmp_path / "bench").is_dir()  # the work folder bench_arguments names
+    assert not (tmp_path / "bench" / "records-64").exists()  # the larger set's records: deleted
     table = (out / "smoke.md").read_text().split("## ImageNet converter")[1]
     assert "| 52 |" in table and "| 70 |" in table and "Peak RSS" in table
 

@@ -51,6 +51,16 @@ SMOKE_PAPER = ["schedule.total=24", "schedule.milestones=[12,18]", "data.batch_s
                "run.ckpt_every=0", "run.compile=false", "run.device=cpu"]
 
 
+def bench_arguments(out: Path, stem: str, work: Path, cifar: Path | None, sources: str | None,
+                    smoke: bool) -> list[str]:
+    """tools/bench.py's arguments for the benchmark part (tests/test_bench.py runs the smoke
+    benchmark with these, so that this dry run need not run it a second time)."""
+    arguments = ["--out", str(out), "--name", stem, "--work", str(work / "bench")]
+    arguments += ["--cifar", str(cifar)] if cifar else []
+    arguments += ["--sources", sources] if sources else []
+    return arguments + (["--smoke"] if smoke else [])
+
+
 def run_part(name: str, command: list[str], timeout: float, log: Path) -> dict:
     """Run one part as a subprocess (its output teed to `log`); never raises."""
     print(f"== {name}: {' '.join(command)}", flush=True)
@@ -120,11 +130,8 @@ def main(argv=None) -> dict:
             timeouts["tests"], work / "tests.log")
     cifar = cifar_records(args, work)
     if "bench" not in skip:
-        command = [python, "tools/bench.py", "--out", str(out), "--name", stem,
-                   "--work", str(work / "bench")]
-        command += ["--cifar", str(cifar)] if cifar else []
-        command += ["--sources", args.sources] if args.sources else []
-        command += ["--smoke"] if args.smoke else []
+        command = [python, "tools/bench.py",
+                   *bench_arguments(out, stem, work, cifar, args.sources, args.smoke)]
         result["parts"]["bench"] = run_part("benchmark", command, timeouts["bench"],
                                             work / "bench.log")
         result["parts"]["bench"]["results"] = f"{stem}.json"
