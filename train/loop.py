@@ -97,8 +97,8 @@ def gpu_busy(records: list[dict]) -> float | None:
 
 def data_bound(wait_fraction: float, busy: float | None = None) -> bool:
     """Whether the loader held training back. On CUDA the host also waits in the loader when
-    it has run ahead of the GPU (the launch queue is full and the loader's kernels are the next
-    to be queued), so a GPU busy with the step for GPU_BOUND of the time is not data-bound."""
+    it has run ahead of the GPU (it blocks wherever it next queues work, e.g. the loader's
+    kernels), so a GPU busy with the step for GPU_BOUND of the time is not data-bound."""
     return wait_fraction > DATA_BOUND and (busy is None or busy < GPU_BOUND)
 
 
