@@ -31,9 +31,8 @@ from tools.benchmark.streaming import SHARD, evict, make_set, pool_jpegs  # noqa
 
 
 def make_split(folder: Path, n: int) -> Path:
-    """folder/imagenet: n train and 1,000 val samples, webdataset only, label i % 1000."""
-    if (folder / "imagenet" / "manifest.json").is_file():
-        return folder / "imagenet"
+    """folder/imagenet: n train and 1,000 val samples, webdataset only, label i % 1000 (made
+    once: make_set returns a set that is already there)."""
     return make_set(folder, n, pool_jpegs(), formats=("webdataset",), source="labels benchmark")
 
 
