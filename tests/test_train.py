@@ -51,8 +51,9 @@ def test_run_directory_contents(colour_cifar, tmp_path):
 
     records = read_metrics(run)
     train = [r for r in records if r["kind"] == "train"]
-    # every log_every=4, every ckpt_every=5 and at epoch ends (13 iterations each)
-    assert [r["iter"] for r in train] == [4, 5, 8, 10, 12, 13, 15, 16, 20, 24, 25, 26]
+    # every log_every=4, ckpt_every=5 iterations after the last checkpoint and at epoch ends
+    # (13 iterations each)
+    assert [r["iter"] for r in train] == [4, 5, 8, 10, 12, 13, 16, 18, 20, 23, 24, 26]
     assert all(math.isfinite(r["loss"]) and 0 <= r["error"] <= 100 for r in train)
     assert [r["iter"] for r in records if r["kind"] == "val"] == [13, 26]
     assert [r["which"] for r in records if r["kind"] == "test"] in (["final"], ["final", "best"])
@@ -66,6 +67,39 @@ def test_run_directory_contents(colour_cifar, tmp_path):
     # the colour classes are learnable: the train error falls well below chance (90%)
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert epochs[-1]["train_error"] < 75
+
+
+def test_summary_says_where_the_wall_time_went(colour_cifar, tmp_path, monkeypatch, capsys):
+    import train.run
+    saves, evals, pause = [], [], 0.25
+    real_save, real_evaluate = train.run.ckpt.save_atomic, train.run.evaluate
+
+    def slow_save(obj, path, previous=None):  # a slow disk: each checkpoint file takes 0.25 s
+        time.sleep(pause)
+        saves.append(Path(path).name)
+        real_save(obj, path, previous)
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(pause)
+        evals.append(1)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train.run.ckpt, "save_atomic", slow_save)
+    monkeypatch.setattr(train.run, "evaluate", slow_evaluate)
+    summary = main(tiny_args(colour_cifar, tmp_path, "t")).summary
+    times = summary["time_s"]
+    assert set(times) == {"train", "eval", "checkpoint", "report", "other", "setup"}
+    assert times["train"] == summary["train_time_s"]
+    parts = sum(times[k] for k in ("train", "eval", "checkpoint", "report", "other"))
+    assert parts == pytest.approx(summary["wall_time_s"], rel=1e-6)
+    # 2 evaluations in training (one per epoch), the rest in the report (final/best on test)
+    assert len(evals) >= 3 and times["eval"] >= 2 * pause and times["report"] >= pause
+    assert saves.count("last.pt") == 6  # iterations 5, 10, 13 (epoch end), 18, 23, 26
+    assert times["checkpoint"] >= pause * len(saves)
+    # the sleeps are not training time: the whole run's wall time holds them outside it
+    assert summary["wall_time_s"] - times["train"] >= pause * (len(saves) + len(evals))
+    assert times["setup"] > 0
+    assert f"{summary['wall_time_s']:.0f}s (train " in capsys.readouterr().out
 
 
 def test_checkpoints_load_weights_only_and_strip_prefixes(colour_cifar, tmp_path):
@@ -109,7 +143,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(colour_cifar, tmp_path, c
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(colour_cifar, tmp_path):
     # 480 - 224 val = 256 train images: 8 iterations per epoch, 16 in all; checkpoints at
-    # iterations 3, 6, 8 (epoch end), 9, 12, 15, 16
+    # iterations 3, 6, 8 (epoch end), 11, 14, 16
     args = tiny_args(colour_cifar, tmp_path, "ref", "data.val_size=224", "run.ckpt_every=3",
                      "run.log_every=1")
     victim_args = [a.replace("run.name=ref", "run.name=victim") for a in args]

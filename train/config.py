@@ -125,7 +125,8 @@ class RunConfig:
     cuda_graph: bool | str = "auto"
     log_every: int = 50  # iterations between host syncs (metrics, progress bar, NaN check)
     eval_every: int = 1  # epochs between val evaluations
-    ckpt_every: int = 0  # iterations between mid-epoch checkpoints; 0 = only at epoch ends
+    ckpt_every: int = 0  # a mid-epoch checkpoint this many iterations after the last one (epoch
+    # ends checkpoint too, so epochs shorter than this have none mid-epoch); 0 = at epoch ends
     patience: int | None = None  # stop after this many evals without a better val error
     target_error: float | None = None  # val error % for summary.json's time_to_target
     progress: bool = True  # tqdm bars (only on rank 0 and a TTY)

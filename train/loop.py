@@ -40,6 +40,9 @@ class TrainState:
     images: int = 0  # training images seen, all ranks
     train_time: float = 0.0  # seconds spent in train_one_epoch
     data_wait: float = 0.0  # of those, seconds the host waited for the next batch
+    eval_time: float = 0.0  # seconds spent evaluating on the selection split during training
+    checkpoint_time: float = 0.0  # seconds spent writing checkpoints
+    checkpointed: int = 0  # the iteration of the last checkpoint (ckpt_every counts from it)
     elapsed: float = 0.0  # wall seconds of the whole run before this process started
     # this epoch's train [loss sum, correct, count] so far: a mid-epoch resume continues them
     epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
@@ -63,7 +66,7 @@ class TrainState:
 class LoopSettings:
     total_iters: int  # stop when state.iteration reaches this
     log_every: int
-    ckpt_every: int  # 0 = none mid-epoch
+    ckpt_every: int  # a mid-epoch checkpoint this many iterations after the last; 0 = none
     progress: bool  # show a tqdm bar
 
 
@@ -151,7 +154,8 @@ def train_one_epoch(step: TrainStep, loader, schedule: LRSchedule, state: TrainS
         state.images += labels.shape[0] * env.world_size
         bar.update()
 
-        at_ckpt = settings.ckpt_every and state.iteration % settings.ckpt_every == 0
+        at_ckpt = (settings.ckpt_every
+                   and state.iteration - state.checkpointed >= settings.ckpt_every)
         done = state.iteration >= settings.total_iters or state.batch >= len(loader)
         # a stop request is acted on at once in one process; under DDP the ranks must agree,
         # so they vote at the next log step
@@ -167,8 +171,8 @@ def train_one_epoch(step: TrainStep, loader, schedule: LRSchedule, state: TrainS
             hooks.on_log(record)
             if at_ckpt or stopped:
                 state.train_time += time.perf_counter() - start
+                hooks.on_checkpoint()  # its time is the checkpoint's, not training's
                 start = time.perf_counter()
-                hooks.on_checkpoint()
                 meter.start(state.images, state.iteration)
             if stopped or state.iteration >= settings.total_iters:
                 break
