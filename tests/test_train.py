@@ -9,6 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,9 +17,11 @@ import pytest
 import torch
 
 from fixtures import subprocess_env, tiny_args, write_tiny_imagenet
+from train import checkpoint
 from train.build import Precision
 from train.checkpoint import clean_state_dict, load_checkpoint, save_atomic, unwrap
 from train.config import load_config
+from train.files import RunError
 from train.loop import TrainState, evaluate, train_one_epoch
 from train.metrics import read_metrics
 from train.run import main
@@ -95,11 +98,49 @@ def test_summary_says_where_the_wall_time_went(colour_cifar, tmp_path, monkeypat
     # 2 evaluations in training (one per epoch), the rest in the report (final/best on test)
     assert len(evals) >= 3 and times["eval"] >= 2 * pause and times["report"] >= pause
     assert saves.count("last.pt") == 6  # iterations 5, 10, 13 (epoch end), 18, 23, 26
-    assert times["checkpoint"] >= pause * len(saves)
-    # the sleeps are not training time: the whole run's wall time holds them outside it
-    assert summary["wall_time_s"] - times["train"] >= pause * (len(saves) + len(evals))
+    # the writes ran behind training (5 iterations take ~0.5 s here): the run waited for the
+    # last one and for little of the others
+    assert pause <= times["checkpoint"] < 0.6 * pause * len(saves)
+    # the evaluations' sleeps are not training time
+    assert summary["wall_time_s"] - times["train"] >= pause * len(evals)
     assert times["setup"] > 0
     assert f"{summary['wall_time_s']:.0f}s (train " in capsys.readouterr().out
+
+
+def test_checkpoint_writer_writes_a_snapshot_behind_the_caller(tmp_path, monkeypatch):
+    gate, real_save = threading.Event(), checkpoint.save_atomic
+
+    def gated_save(obj, path, previous=None):  # a disk that answers when the test says so
+        assert gate.wait(30)
+        real_save(obj, path, previous)
+
+    monkeypatch.setattr(checkpoint, "save_atomic", gated_save)
+    writer, weights, bn = checkpoint.CheckpointWriter(), torch.zeros(3), torch.nn.BatchNorm1d(3)
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    writer.save({"w": weights, "nested": [1, {"w": weights}], "model": bn.state_dict()},
+                [(last, tmp_path / "last.prev.pt"), (best, None)])
+    weights += 1  # the next optimizer step changes the weights in place
+    bn(torch.randn(8, 3) + 5)  # and the next forward the running statistics
+    assert not last.exists() and not best.exists()  # save() returned before the write
+    gate.set()
+    writer.wait()
+    for path in (last, best):  # both hold the weights as they were at save()
+        saved = load_checkpoint(path)
+        assert torch.equal(saved["w"], torch.zeros(3)), path
+        assert saved["nested"][0] == 1 and torch.equal(saved["nested"][1]["w"], torch.zeros(3))
+        assert torch.equal(saved["model"]["running_mean"], torch.zeros(3)), path
+        assert saved["model"]._metadata == bn.state_dict()._metadata  # BN's version kept
+
+    def full_disk(obj, path, previous=None):
+        raise RunError(f"cannot write {path}: no space left on the device")
+
+    monkeypatch.setattr(checkpoint, "save_atomic", full_disk)
+    writer.save({"w": weights}, [(last, None)])  # fails behind the caller ...
+    with pytest.raises(RunError, match=f"cannot write {last}: no space"):
+        writer.save({"w": weights}, [(last, None)])  # ... and the next save says so
+    writer.wait()  # nothing more pending: the failed save was not retried
+    assert torch.equal(load_checkpoint(last)["w"], torch.zeros(3))  # the one before is whole
+    writer.close()
 
 
 def test_checkpoints_load_weights_only_and_strip_prefixes(colour_cifar, tmp_path):

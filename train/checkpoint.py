@@ -12,6 +12,7 @@ import random
 import re
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,54 @@ def save_atomic(obj: dict, path: str | Path, previous: str | Path | None = None)
     buffer = io.BytesIO()  # serialize first: a full disk then fails a plain write, with errno
     torch.save(obj, buffer)
     atomic_write(path, buffer.getbuffer(), previous=previous)
+
+
+def to_host(obj):
+    """A copy of a checkpoint payload that the steps after it cannot change: every tensor copied
+    into host memory, every dict (of its own type, attributes kept), list and tuple rebuilt."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):  # a state_dict is an OrderedDict with _metadata (versions)
+        copy = type(obj)((key, to_host(value)) for key, value in obj.items())
+        if hasattr(obj, "__dict__"):
+            copy.__dict__.update(obj.__dict__)
+        return copy
+    if type(obj) in (list, tuple):
+        return type(obj)(to_host(value) for value in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Checkpoints written behind training, one at a time: save() takes a host copy of the
+    payload (to_host), and a background thread serializes and writes it (save_atomic, fsync
+    included) while the next steps run. A write's error is raised by the next save() or by
+    wait(); the files on disk are whole either way."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self.pending: Future | None = None
+
+    def save(self, payload: dict, files: list[tuple[Path, Path | None]]) -> None:
+        """Write `payload` to each (path, previous) of `files`, in order, after the write
+        before it (whose error this raises)."""
+        self.wait()
+        self.pending = self.pool.submit(self._write, to_host(payload), files)
+
+    @staticmethod
+    def _write(payload: dict, files: list[tuple[Path, Path | None]]) -> None:
+        for path, previous in files:
+            save_atomic(payload, path, previous)
+
+    def wait(self) -> None:
+        """Until the last save is on disk; raises its error."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the last write without raising (the run is ending for another reason)."""
+        self.pending = None
+        self.pool.shutdown(wait=True)
 
 
 def _unreadable(path: Path, error: Exception) -> str:

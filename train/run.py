@@ -225,6 +225,7 @@ class Trainer:
             self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
             self.watch = SpeedWatch(say=self.say, window=min(WINDOW, len(self.train_loader)))
             self.best, self.time_to_target, self.saved_iter = None, None, None
+            self.writer = ckpt.CheckpointWriter()
             if resumed is not None:
                 self.restore(resumed)
             self.log = self.create_logger(resumed is not None)
@@ -407,6 +408,7 @@ class Trainer:
                         break
             self.watch.close()  # training is over: the final evaluations are not watched
         except NonFiniteLoss as error:
+            self.checkpoints_written()
             where = (f"{self.run_dir / LAST} (iteration {self.saved_iter}) is the last "
                      "good checkpoint" if self.saved_iter is not None
                      else "no checkpoint was written")
@@ -415,6 +417,7 @@ class Trainer:
             if self.env.is_main:  # every rank stops here, at the same step (summed losses)
                 print(message, file=sys.stderr, flush=True)
             return self.close(Result("nonfinite", self.run_dir, self.raw_model, None))
+        self.checkpoints_written()
         if status == "interrupted":
             if self.env.is_main:
                 tqdm.write(f"interrupted at iteration {state.iteration}; resume with: "
@@ -462,12 +465,24 @@ class Trainer:
                          "saved_iter": self.saved_iter},
             "rng": ckpt.rng_state(), "speed": self.watch.state_dict(),
         }
+        files = [(self.run_dir / LAST, self.run_dir / PREVIOUS)]
+        if best:
+            files.append((self.run_dir / BEST, None))
         try:
-            ckpt.save_atomic(payload, self.run_dir / LAST, previous=self.run_dir / PREVIOUS)
-            if best:
-                ckpt.save_atomic(payload, self.run_dir / BEST)
+            self.writer.save(payload, files)  # written while the next steps run
         except RunError as error:  # a full disk: the files on disk are whole
             raise self.resumable(error) from error
+
+    def checkpoints_written(self) -> None:
+        """Wait until the last checkpoint is on disk (before reading it, reporting it or
+        exiting); a write that failed raises here."""
+        began = time.perf_counter()
+        try:
+            self.writer.wait()
+        except RunError as error:
+            raise self.resumable(error) from error
+        finally:
+            self.state.checkpoint_time += time.perf_counter() - began
 
     def epoch_line(self, epoch: int, result: dict, val: dict | None) -> str:
         state = self.state
@@ -574,8 +589,11 @@ class Trainer:
         return result
 
     def release(self) -> None:
-        """Unlock the run directory (the end of the process would, too). A run that failed
-        before writing anything leaves no folder behind."""
+        """Finish the checkpoint being written, unlock the run directory (the end of the
+        process would, too). A run that failed before writing anything leaves no folder
+        behind."""
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
         if self.lock is not None:
             remove_unused(self.run_dir, self.created)
             self.created = []
