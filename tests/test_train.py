@@ -98,9 +98,9 @@ def test_summary_says_where_the_wall_time_went(colour_cifar, tmp_path, monkeypat
     # 2 evaluations in training (one per epoch), the rest in the report (final/best on test)
     assert len(evals) >= 3 and times["eval"] >= 2 * pause and times["report"] >= pause
     assert saves.count("last.pt") == 6  # iterations 5, 10, 13 (epoch end), 18, 23, 26
-    # the writes ran behind training (5 iterations take ~0.5 s here): the run waited for the
-    # last one and for little of the others
-    assert pause <= times["checkpoint"] < 0.6 * pause * len(saves)
+    # the writes ran behind training (5 iterations take ~0.5 s here): the run waited for
+    # (most of) the last one and for little of the others
+    assert 0.8 * pause <= times["checkpoint"] < 0.6 * pause * len(saves)
     # the evaluations' sleeps are not training time
     assert summary["wall_time_s"] - times["train"] >= pause * len(evals)
     assert times["setup"] > 0
