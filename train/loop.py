@@ -11,6 +11,7 @@ and, on CUDA, the GPU time of the last step (CUDA events, read at the log step's
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -53,6 +54,15 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, type(getattr(self, key))(value))
+
+    @contextlib.contextmanager
+    def timed(self, name: str):
+        """Add the block's wall seconds to the field `name` (eval_time, checkpoint_time)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.perf_counter() - began)
 
     def next_epoch_if_done(self, batches_per_epoch: int) -> bool:
         """After a pass: move to the next epoch's first batch if this one is complete."""

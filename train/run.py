@@ -209,6 +209,7 @@ class Trainer:
         """resume: continue run_dir from `checkpoint`, or from its last.pt (else last.prev.pt)."""
         started = time.perf_counter()
         self.cfg = cfg
+        self.writer = ckpt.CheckpointWriter()
         self.env = distributed.setup(cfg.run.device)
         self.run_dir, self.lock = self.create_run_dir(run_dir, config_path, resume)
         try:
@@ -224,8 +225,7 @@ class Trainer:
                                   graph=self.plan.graph, mark_step=self.plan.mark_step)
             self.state, self.stopper = TrainState(), EarlyStopper(cfg.run.patience)
             self.watch = SpeedWatch(say=self.say, window=min(WINDOW, len(self.train_loader)))
-            self.best, self.time_to_target, self.saved_iter = None, None, None
-            self.writer = ckpt.CheckpointWriter()
+            self.best, self.time_to_target = None, None
             if resumed is not None:
                 self.restore(resumed)
             self.log = self.create_logger(resumed is not None)
@@ -326,7 +326,6 @@ class Trainer:
         self.stopper.load_state_dict(resumed["stopper"])
         progress = resumed["progress"]
         self.best, self.time_to_target = progress["best"], progress["time_to_target"]
-        self.saved_iter = progress["saved_iter"]
         ckpt.set_rng_state(resumed["rng"])
 
     def create_logger(self, resumed: bool) -> MetricsLog | None:
@@ -392,9 +391,8 @@ class Trainer:
                     improved, evaluated = False, None
                     if self.val_loader is not None and (
                             finished or epoch_done and state.epoch % cfg.run.eval_every == 0):
-                        began = time.perf_counter()
-                        val, improved = self.validate()
-                        state.eval_time += time.perf_counter() - began
+                        with state.timed("eval_time"):
+                            val, improved = self.validate()
                         evaluated = val
                     self.record("epoch", train_loss=result["loss"], train_error=result["error"],
                                 lr=self.schedule.lr(state.iteration),
@@ -409,8 +407,8 @@ class Trainer:
             self.watch.close()  # training is over: the final evaluations are not watched
         except NonFiniteLoss as error:
             self.checkpoints_written()
-            where = (f"{self.run_dir / LAST} (iteration {self.saved_iter}) is the last "
-                     "good checkpoint" if self.saved_iter is not None
+            where = (f"{self.run_dir / LAST} (iteration {state.checkpointed}) is the last "
+                     "good checkpoint" if state.checkpointed
                      else "no checkpoint was written")
             message = f"stopping: {error}; {where}"
             self.record("event", message=message)
@@ -443,46 +441,37 @@ class Trainer:
         return val, improved
 
     def save_checkpoint(self, best: bool = False) -> None:
-        began = time.perf_counter()
-        try:
-            self.write_checkpoint(best)
-        finally:
-            self.state.checkpoint_time += time.perf_counter() - began
-
-    def write_checkpoint(self, best: bool) -> None:
-        if not ckpt.all_finite(self.raw_model):  # every rank: they hold the same weights
-            raise NonFiniteLoss(f"weights are not finite at iteration {self.state.iteration}")
-        self.state.elapsed = time.perf_counter() - self.clock0
-        self.saved_iter = self.state.checkpointed = self.state.iteration
-        if not self.env.is_main:
-            return
-        payload = {
-            "model": self.raw_model.state_dict(), "model_name": self.cfg.model.name,
-            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-            "scaler": self.step.scaler.state_dict(), "state": self.state.state_dict(),
-            "stopper": self.stopper.state_dict(), "config": to_dict(self.cfg),
-            "progress": {"best": self.best, "time_to_target": self.time_to_target,
-                         "saved_iter": self.saved_iter},
-            "rng": ckpt.rng_state(), "speed": self.watch.state_dict(),
-        }
-        files = [(self.run_dir / LAST, self.run_dir / PREVIOUS)]
-        if best:
-            files.append((self.run_dir / BEST, None))
-        try:
-            self.writer.save(payload, files)  # written while the next steps run
-        except RunError as error:  # a full disk: the files on disk are whole
-            raise self.resumable(error) from error
+        with self.state.timed("checkpoint_time"):
+            if not ckpt.all_finite(self.raw_model):  # every rank: they hold the same weights
+                raise NonFiniteLoss(f"weights are not finite at iteration {self.state.iteration}")
+            self.state.elapsed = time.perf_counter() - self.clock0
+            self.state.checkpointed = self.state.iteration
+            if not self.env.is_main:
+                return
+            payload = {
+                "model": self.raw_model.state_dict(), "model_name": self.cfg.model.name,
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "scaler": self.step.scaler.state_dict(), "state": self.state.state_dict(),
+                "stopper": self.stopper.state_dict(), "config": to_dict(self.cfg),
+                "progress": {"best": self.best, "time_to_target": self.time_to_target},
+                "rng": ckpt.rng_state(), "speed": self.watch.state_dict(),
+            }
+            files = [(self.run_dir / LAST, self.run_dir / PREVIOUS)]
+            if best:
+                files.append((self.run_dir / BEST, None))
+            try:
+                self.writer.save(payload, files)  # written while the next steps run
+            except RunError as error:  # a full disk: the files on disk are whole
+                raise self.resumable(error) from error
 
     def checkpoints_written(self) -> None:
         """Wait until the last checkpoint is on disk (before reading it, reporting it or
         exiting); a write that failed raises here."""
-        began = time.perf_counter()
-        try:
-            self.writer.wait()
-        except RunError as error:
-            raise self.resumable(error) from error
-        finally:
-            self.state.checkpoint_time += time.perf_counter() - began
+        with self.state.timed("checkpoint_time"):
+            try:
+                self.writer.wait()
+            except RunError as error:
+                raise self.resumable(error) from error
 
     def epoch_line(self, epoch: int, result: dict, val: dict | None) -> str:
         state = self.state
@@ -592,8 +581,7 @@ class Trainer:
         """Finish the checkpoint being written, unlock the run directory (the end of the
         process would, too). A run that failed before writing anything leaves no folder
         behind."""
-        if getattr(self, "writer", None) is not None:
-            self.writer.close()
+        self.writer.close()
         if self.lock is not None:
             remove_unused(self.run_dir, self.created)
             self.created = []
