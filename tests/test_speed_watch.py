@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import train.meter
 from fixtures import tiny_args, write_tiny_cifar
 from train.meter import SpeedWatch
 from train.metrics import read_metrics
@@ -34,6 +35,38 @@ def test_drift_is_said_once_when_it_lasts():
     for i in range(28, 40):
         watch.interval(i, 30.0)
     assert len(said) == 1
+    watch.close()
+
+
+def test_a_drift_says_what_moved_beside_it(monkeypatch):
+    """The GPU's step time, the data wait and the host's load average of the baseline block
+    and of the drifted one are said with the drift and kept in its record."""
+    loads = iter([1.0] * 4 + [3.0] * 8)
+    monkeypatch.setattr(train.meter, "load_average", lambda: next(loads))
+    said = []
+    watch = SpeedWatch(say=said.append, window=4)
+    watch.warm()
+    for i in range(1, 5):
+        watch.interval(i, 10.0, gpu_step_ms=9.0, data_wait=0.01)
+    for i in range(5, 13):
+        watch.interval(i, 15.0, gpu_step_ms=14.5, data_wait=0.02)
+    assert len(said) == 1
+    assert said[0].endswith("; beside it: GPU step 9.00 -> 14.50 ms, data wait 1% -> 2%, load "
+                            "average 1.0 -> 3.0")
+    assert watch.drift["before"] == {"step_ms": 10.0, "gpu_step_ms": 9.0, "data_wait": 0.01,
+                                     "load": 1.0}
+    assert watch.drift["now"]["gpu_step_ms"] == 14.5
+    watch.close()
+
+
+def test_a_drift_without_gpu_times_says_the_rest(monkeypatch):
+    monkeypatch.setattr(train.meter, "load_average", lambda: None)  # an OS without one
+    said = []
+    watch = SpeedWatch(say=said.append, window=2)
+    watch.warm()
+    for i, ms in enumerate([10, 10, 20, 20, 20, 20], start=1):
+        watch.interval(i, float(ms), data_wait=0.5 if ms == 20 else 0.0)
+    assert len(said) == 1 and said[0].endswith("; beside it: data wait 0% -> 50%")
     watch.close()
 
 
@@ -73,9 +106,11 @@ def test_a_slowed_step_is_reported_in_the_log_and_the_summary(tmp_path, monkeypa
     assert speed["drift"] is not None and speed["drift"]["ratio"] > 1.2
     assert speed["drift"]["iteration"] == 52  # epochs 2 and 3 both slow: said at the second
     events = [r["message"] for r in read_metrics(tmp_path / "slow") if r["kind"] == "event"]
-    assert len([m for m in events if m.startswith("speed: steady step time rose")]) == 1
+    drifts = [m for m in events if m.startswith("speed: steady step time rose")]
+    assert len(drifts) == 1 and "; beside it: data wait 0% -> 0%, load average" in drifts[0]
     summary = json.loads((tmp_path / "slow" / "summary.json").read_text())
     assert summary["speed"]["baseline_step_ms"] < summary["speed"]["last_step_ms"]
+    assert summary["speed"]["drift"]["now"]["step_ms"] == pytest.approx(speed["drift"]["now_ms"])
 
 
 @pytest.mark.slow

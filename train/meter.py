@@ -5,11 +5,14 @@
 the record that goes to metrics.jsonl. `SpeedWatch` watches the steady step time of the whole
 run: when it drifts more than DRIFT from the first steady block of iterations and stays there,
 or torch.compile compiles again after warm-up, the run says so once, with the numbers (and the
-reason of a recompile).
+reason of a recompile). A drift is said with what moved beside it, so that it says where to
+look: the GPU's own step time (the device got slower), the data wait (the loader), the host's
+load average (another job on the machine).
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 
@@ -42,6 +45,33 @@ class StepTimer:
         return None if self.events is None else self.events[0].elapsed_time(self.events[1])
 
 
+def load_average() -> float | None:
+    """The host's 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def block_medians(block: list[dict]) -> dict:
+    """Median of each quantity over a block's intervals (None where any interval lacks it)."""
+    return {key: (statistics.median(r[key] for r in block)
+                  if all(r[key] is not None for r in block) else None)
+            for key in block[0] if key != "steps"}
+
+
+def drift_context(before: dict, now: dict) -> str:
+    """What moved beside the step time: "GPU step 2.40 -> 3.90 ms, data wait 1% -> 2%, load
+    average 1.0 -> 3.2" (the parts known both times)."""
+    parts = []
+    for key, text in (("gpu_step_ms", "GPU step {:.2f} -> {:.2f} ms"),
+                      ("data_wait", "data wait {:.0%} -> {:.0%}"),
+                      ("load", "load average {:.1f} -> {:.1f}")):
+        if before.get(key) is not None and now.get(key) is not None:
+            parts.append(text.format(before[key], now[key]))
+    return ", ".join(parts)
+
+
 def compile_events():
     """torch._dynamo's compile-start callbacks, or None where this torch has none."""
     dynamo = getattr(torch, "_dynamo", None)
@@ -69,9 +99,11 @@ class SpeedWatch:
     def __init__(self, say=print, window: int = WINDOW):
         self.say, self.window = say, max(int(window), 1)
         self.warmed, self.iteration = False, 0
-        self.block: list[tuple[int, float]] = []  # (steps, ms/step) of the current block
+        self.block: list[dict] = []  # the current block's intervals (steps, step_ms, ...)
         self.baseline_ms: float | None = None
-        self.blocks: list[float] = []  # medians of the blocks since the baseline
+        self.baseline: dict = {}  # the first steady block's medians (block_medians)
+        self.last_block: dict = {}  # the latest block's
+        self.blocks: list[float] = []  # step-time medians of the blocks since the baseline
         self.drift: dict | None = None
         self.compiles = 0
         self.recompiles: list[dict] = []
@@ -99,18 +131,22 @@ class SpeedWatch:
     def warm(self) -> None:
         self.warmed = True
 
-    def interval(self, iteration: int, step_ms: float) -> None:
-        """One log interval: the iteration it ended at and its wall time per step."""
+    def interval(self, iteration: int, step_ms: float, gpu_step_ms: float | None = None,
+                 data_wait: float | None = None) -> None:
+        """One log interval: the iteration it ended at, its wall time per step, and beside it
+        the GPU's time of a step and the fraction of time spent waiting for data."""
         steps, self.iteration = max(iteration - self.iteration, 1), iteration
         if not self.warmed or not math.isfinite(step_ms):
             return
-        self.block.append((steps, step_ms))
-        if sum(n for n, _ in self.block) < self.window:
+        self.block.append({"steps": steps, "step_ms": step_ms, "gpu_step_ms": gpu_step_ms,
+                           "data_wait": data_wait, "load": load_average()})
+        if sum(r["steps"] for r in self.block) < self.window:
             return
-        median = statistics.median(ms for _, ms in self.block)
+        medians = block_medians(self.block)
+        median, self.last_block = medians["step_ms"], medians
         self.block = []
         if self.baseline_ms is None:
-            self.baseline_ms = median
+            self.baseline_ms, self.baseline = median, medians
             return
         self.blocks.append(median)
         recent = [m / self.baseline_ms for m in self.blocks[-PERSIST:]]
@@ -121,13 +157,15 @@ class SpeedWatch:
 
     def report_drift(self, iteration: int, now: float) -> None:
         ratio = now / self.baseline_ms
+        beside = drift_context(self.baseline, self.last_block)
         self.drift = {"iteration": iteration, "baseline_ms": self.baseline_ms, "now_ms": now,
-                      "ratio": ratio}
+                      "ratio": ratio, "before": self.baseline, "now": self.last_block}
         cause = (f"; torch.compile compiled again {len(self.recompiles)} time(s) after "
                  "warm-up" if self.recompiles else "; no recompile since warm-up")
         self.say(f"speed: steady step time {'rose' if ratio > 1 else 'fell'} "
                  f"{100 * abs(ratio - 1):.0f}% by iteration {iteration}: "
-                 f"{self.baseline_ms:.2f} -> {now:.2f} ms/step{cause}")
+                 f"{self.baseline_ms:.2f} -> {now:.2f} ms/step{cause}"
+                 + (f"; beside it: {beside}" if beside else ""))
 
     def summary(self) -> dict:
         return {"baseline_step_ms": self.baseline_ms,
@@ -136,11 +174,13 @@ class SpeedWatch:
                 "recompiles_after_warmup": self.recompiles}
 
     def state_dict(self) -> dict:
-        return {"baseline_ms": self.baseline_ms, "blocks": self.blocks, "drift": self.drift}
+        return {"baseline_ms": self.baseline_ms, "baseline": self.baseline,
+                "blocks": self.blocks, "drift": self.drift}
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run keeps its baseline (a resume is warm-up again for compilations)."""
         self.baseline_ms, self.drift = state["baseline_ms"], state["drift"]
+        self.baseline = dict(state.get("baseline") or {})
         self.blocks = list(state.get("blocks", []))
 
 
@@ -183,6 +223,6 @@ class Meter:
         if gpu_ms is not None:
             record["gpu_step_ms"] = gpu_ms
         state.data_wait += self.wait
-        self.watch.interval(state.iteration, record["step_ms"])
+        self.watch.interval(state.iteration, record["step_ms"], gpu_ms, record["data_wait"])
         self.start(state.images, state.iteration)
         return record, stops > 0
