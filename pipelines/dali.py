@@ -200,7 +200,9 @@ class ImageNetLoader(_Loader):
                 initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name="Reader",
                 dont_use_mmap=stream)
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
-                                       output_type=types.RGB)
+                                       output_type=types.RGB,
+                                       **({"hw_decoder_load": self.cfg.hw_decoder_load}
+                                          if gpu else {}))
             labels = fn.pad(labels, fill_value=0)  # ASCII digits, zero-padded to one width
             if train:
                 images, _, _ = resize_shorter(images, jpegs, fn.random.uniform(

@@ -9,11 +9,17 @@ PR #9606 and torchcodec PR #1634 reproduce it). The rule, in `drain_then_decode`
 stream of the loader's own, drained first (only the loader's own earlier work waits), and hand
 the results to the training stream through an event plus `record_stream`, so the allocator never
 gives their blocks to a later decode while training still reads them.
+
+torchvision has one nvJPEG decoder per process behind a lock, so the loader's threads take turns
+on it and its rate caps the loader's. As DALI does (`hw_decoder_load`, default 0.65), a share of
+each batch goes to the GPU decoder and the rest is decoded on the CPU by the loader thread
+(libjpeg-turbo, without the GIL), then moved to the GPU in one copy: `split_decode`.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -28,12 +34,43 @@ def drain_then_decode(data: list[torch.Tensor], device: torch.device,
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
+def host_decode(data: list[torch.Tensor]) -> list[torch.Tensor]:
+    """JPEGs decoded on the CPU: (3, H, W) uint8 each."""
+    return decode_jpeg(data, mode=ImageReadMode.RGB) if data else []
+
+
+def upload(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """CPU images onto `device` in one host-to-device copy: packed into one buffer (pinned on
+    CUDA, so the copy is asynchronous), moved, and viewed back in their shapes."""
+    if not images:
+        return []
+    sizes = [image.numel() for image in images]
+    packed = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    torch.cat([image.reshape(-1) for image in images], out=packed)
+    moved = packed.to(device, non_blocking=True)
+    return [part.view(image.shape) for part, image in zip(moved.split(sizes), images)]
+
+
+def device_count(share: float, n: int) -> int:
+    """How many of n JPEGs the GPU decoder takes at `share` (round half up)."""
+    return min(n, int(share * n + 0.5))
+
+
+def split_decode(data: list[torch.Tensor], share: float,
+                 on_device: Callable[[list], list], on_host: Callable[[list], list]) -> list:
+    """The first device_count(share, len(data)) JPEGs through `on_device`, the rest through
+    `on_host` (decode on the CPU and move): the images in the order of `data`."""
+    n = device_count(share, len(data))
+    return [*(on_device(data[:n]) if n else []), *(on_host(data[n:]) if n < len(data) else [])]
+
+
 class CudaOrder:
     """On CUDA: one stream per loader thread (created on first use); decodes follow the rule
-    above; a finished batch reaches the consumer's stream through an event."""
+    above, `share` of each batch on the GPU decoder; a finished batch reaches the consumer's
+    stream through an event."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, share: float = 1.0):
+        self.device, self.share = device, share
         self._local = threading.local()
 
     def stream(self) -> torch.cuda.Stream:
@@ -44,7 +81,14 @@ class CudaOrder:
         return stream
 
     def decode(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
-        return drain_then_decode(data, self.device, self.stream())
+        return split_decode(data, self.share,
+                            lambda part: drain_then_decode(part, self.device, self.stream()),
+                            self._decode_on_host)
+
+    def _decode_on_host(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
+        images = host_decode(data)
+        with self.context():  # the copy is queued on this thread's stream, before the augment
+            return upload(images, self.device)
 
     def context(self):
         """The loader thread's work after the decode runs on its stream too."""
@@ -72,7 +116,7 @@ class HostOrder:
 
     @staticmethod
     def decode(data: list[torch.Tensor]) -> list[torch.Tensor]:
-        return decode_jpeg(data, mode=ImageReadMode.RGB)
+        return host_decode(data)
 
     @staticmethod
     def context():
@@ -87,5 +131,6 @@ class HostOrder:
         return tensors
 
 
-def ordering(device: torch.device) -> CudaOrder | HostOrder:
-    return CudaOrder(device) if device.type == "cuda" else HostOrder()
+def ordering(device: torch.device, share: float = 1.0) -> CudaOrder | HostOrder:
+    """The decode route of a device: on CUDA `share` of each batch on the GPU decoder."""
+    return CudaOrder(device, share) if device.type == "cuda" else HostOrder()

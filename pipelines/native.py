@@ -3,9 +3,9 @@
 CIFAR: the whole uint8 split lives on the device; one epoch is a permutation, and each batch is one
 gather (random crop of the zero-padded store with the flip folded in) plus one fused normalize.
 ImageNet: a small thread pool runs whole batches ahead: webdataset shards read with pread, JPEGs
-decoded by torchvision (nvJPEG batches on CUDA, on each thread's own stream: pipelines/decode.py
-says why), crops resampled (one batched resample on CUDA: pipelines/resample.py), then PCA
-lighting and normalisation on the whole batch.
+decoded by torchvision (on CUDA nvJPEG batches on each thread's own stream plus a share on the
+CPU: pipelines/decode.py says why), crops resampled (one batched resample on CUDA:
+pipelines/resample.py), then PCA lighting and normalisation on the whole batch.
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ class ImageNetLoader(PlannedLoader):
         self.normalize = ops.Normalize(self.cfg, self.device)
         self.workers = max(self.cfg.num_workers, 0)
         self.batched = batched_geometry(self.device)
-        self.order = decode.ordering(self.device)  # CUDA: a stream per loader thread
+        # CUDA: a stream per loader thread; hw_decoder_load of each batch on nvJPEG
+        self.order = decode.ordering(self.device, self.cfg.hw_decoder_load)
 
     def _batch(self, epoch: int, number: int, positions: np.ndarray):
         """One whole batch, in a loader thread: read, decode, augment, normalize; on CUDA on

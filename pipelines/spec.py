@@ -82,6 +82,10 @@ class DataConfig:
     # JPEG records in memory or streamed (pipelines/cache.py): auto | ram | stream. auto: ram
     # when the split's records fit in half the available memory.
     cache: str = "auto"
+    # JPEG share of each batch the GPU's decoder takes on CUDA (DALI's hw_decoder_load, with its
+    # default); the rest is decoded on the CPU (native: by the loader threads; DALI: its hybrid
+    # route). 1: all on the GPU decoder.
+    hw_decoder_load: float = 0.65
     aug: AugSpec = field(default_factory=AugSpec)
 
     def __post_init__(self):
@@ -97,6 +101,8 @@ class DataConfig:
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}={getattr(self, key)}: must be >= 1")
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"data.hw_decoder_load={self.hw_decoder_load}: must be in [0, 1]")
         if self.num_workers < 0 or self.val_size < 0:
             raise ValueError(f"data.num_workers={self.num_workers}, data.val_size="
                              f"{self.val_size}: must be >= 0")

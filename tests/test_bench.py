@@ -101,7 +101,7 @@ def test_loader_stages_times_each_stage_and_the_loader_beside_a_model(tmp_path):
     out = tmp_path / "stages.json"
     result = stages_main(["--records", str(root), "--device", "cpu", "--batch", "4",
                           "--workers", "2", "--batches", "2", "--model", "resnet18",
-                          "--out", str(out)])
+                          "--loads", "1,0.5", "--out", str(out)])
     assert json.loads(out.read_text()) == result
     assert result["model_step"] == "eager"  # on CUDA: the whole step one CUDA graph
     assert set(result["stage_ms_per_batch"]) == {"read", "decode", "augment"}
@@ -111,6 +111,11 @@ def test_loader_stages_times_each_stage_and_the_loader_beside_a_model(tmp_path):
     for key in ("loader_alone_img_s", "loader_beside_model_img_s", "model_alone_img_s",
                 "model_beside_loader_img_s"):
         assert result[key] > 0, key
+    assert result["hw_decoder_load"] == 0.65  # data.hw_decoder_load's default
+    by_load = result["loader_alone_img_s_by_hw_decoder_load"]
+    assert set(by_load) == {"1.0", "0.5"} and all(v > 0 for v in by_load.values())
+    with pytest.raises(SystemExit):
+        stages_main(["--records", str(root), "--device", "cpu", "--loads", "1,1.5"])
     with pytest.raises(SystemExit, match="3 train batches of 4; need 4"):
         stages_main(["--records", str(root), "--device", "cpu", "--batch", "4",
                      "--batches", "3", "--model", "resnet18"])

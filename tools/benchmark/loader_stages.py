@@ -11,7 +11,9 @@ On the same records and device, in one process:
 3. the model's training step alone on a fixed batch, as a run steps without torch.compile
    (steps/s; bf16 autocast, channels_last, on CUDA the whole step one CUDA graph);
 4. both at once: the model stepping in a thread of its own while the loader runs: the loader's
-   images/s and the model's steps/s beside each other.
+   images/s and the model's steps/s beside each other;
+5. the loader alone at each --loads value of data.hw_decoder_load (the share of a batch nvJPEG
+   decodes on CUDA, the rest decoded by the loader threads on the CPU; the CPU decodes all).
 If the loader slows in 4 but not the model, training takes what the loader needs (the GPU's
 engines, or the GIL); if the model slows, the loader's work gets in its way; 1 says which stage.
 The native backend's end-to-end gap on one H200 (2026-12-04: loader 8,432 img/s alone, 0.43 of
@@ -25,6 +27,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -102,7 +105,7 @@ class ModelLoop:
 
 
 def measure(records: str, device: str, batch: int, workers: int, batches: int,
-            model: str) -> dict:
+            model: str, loads: tuple[float, ...] = ()) -> dict:
     device = torch.device(device)
     cfg = DataConfig(dataset="imagenet", root=records, backend="native", batch_size=batch,
                      num_workers=workers)
@@ -128,14 +131,19 @@ def measure(records: str, device: str, batch: int, workers: int, batches: int,
     thread.join()
     device_sync(device)
     model_beside = (trainer.steps - first) / (time.perf_counter() - start)
+    by_load = {str(load): round(measure_loader(replace(cfg, hw_decoder_load=load), "train",
+                                               device, 1, batches)["images_per_s"], 1)
+               for load in loads}
     per_image = {name: round(ms / batch, 4) for name, ms in stages.items()}
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "batch": batch, "workers": workers, "batches": batches, "model": model,
             "model_step": trainer.plan.why,
+            "hw_decoder_load": cfg.hw_decoder_load,
             "stage_ms_per_batch": stages, "stage_ms_per_image": per_image,
             "loader_alone_img_s": round(alone, 1), "loader_beside_model_img_s": round(beside, 1),
             "model_alone_img_s": round(model_alone * batch, 1),
-            "model_beside_loader_img_s": round(model_beside * batch, 1)}
+            "model_beside_loader_img_s": round(model_beside * batch, 1),
+            "loader_alone_img_s_by_hw_decoder_load": by_load}
 
 
 def main(argv=None) -> dict:
@@ -146,10 +154,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--model", default="resnet34")
+    parser.add_argument("--loads", default="1,0.65,0.5",
+                        help="comma list of data.hw_decoder_load values for the loader alone")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    try:
+        loads = tuple(float(v) for v in args.loads.split(",") if v.strip())
+    except ValueError:
+        parser.error(f"--loads {args.loads!r}: expected a comma list of numbers in [0, 1]")
+    if not all(0 <= v <= 1 for v in loads):
+        parser.error(f"--loads {args.loads!r}: every value must be in [0, 1]")
     result = measure(args.records, args.device, args.batch, args.workers, args.batches,
-                     args.model)
+                     args.model, loads)
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
