@@ -5,8 +5,9 @@
 
 On the same records and device, in one process:
 1. stages: one train batch at a time on this thread, the device synchronized after each stage
-   (ms per batch): read (the shard bytes), decode (nvJPEG on CUDA, on the loader's own stream),
-   augment (crops resampled, flips, lighting, normalize);
+   (ms per batch): read (the shard bytes), decode (on CUDA nvJPEG on the loader's own stream for
+   data.hw_decoder_load of the batch, the CPU for the rest), augment (crops resampled, flips,
+   lighting, normalize);
 2. the loader alone with its threads (images/s);
 3. the model's training step alone on a fixed batch, as a run steps without torch.compile
    (steps/s; bf16 autocast, channels_last, on CUDA the whole step one CUDA graph);
