@@ -50,6 +50,14 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error: ")]
 
 
+def rank_errors(launch) -> tuple[str, str]:
+    """The two ranks' error lines, sorted (rank 0's first); the launch's output when they are
+    not two (a CI run once saw one: the output says which rank's went missing, and why)."""
+    lines = sorted(error_lines(launch.output))
+    assert len(lines) == 2, launch.output[-6000:]
+    return lines[0], lines[1]
+
+
 def assert_no_uncaught_exception(output: str) -> None:
     """No rank died of an uncaught exception (torch prefixes its traceback with `[rankN]:`)."""
     assert "[rank" not in output, output[-4000:]
@@ -74,7 +82,7 @@ def test_a_bad_record_on_rank_1_ends_both_local_ranks(colour_cifar, tmp_path):
     text = f"{colour_cifar}/train: sample 7 holds label 99, not in [0, 10) (injected)"
     launch = fails_on_two_local_ranks(colour_cifar, tmp_path, "record", 1,
                                       RESPIPE_FAULT_TEXT=text)
-    rank0, rank1 = sorted(error_lines(launch.output))
+    rank0, rank1 = rank_errors(launch)
     assert rank0.startswith("error: rank 0 of 2: stopped, another rank failed (its error is "
                             "in its own output): ")
     assert rank1 == f"error: rank 1 of 2: {text}"
@@ -85,7 +93,7 @@ def test_a_full_disk_on_rank_0_ends_both_local_ranks(colour_cifar, tmp_path):
     """Rank 0 alone writes: its second checkpoint meets a full disk while rank 1 trains on."""
     launch = fails_on_two_local_ranks(colour_cifar, tmp_path, "disk", 0, "run.ckpt_every=2")
     run = tmp_path / "disk"
-    rank0, rank1 = sorted(error_lines(launch.output))
+    rank0, rank1 = rank_errors(launch)
     assert re.fullmatch(rf"error: rank 0 of 2: cannot write {run / 'last.pt'} \(.*\): no space "
                         rf"left on the device, .* free in {run}; free some space there; then "
                         rf"--resume {run} continues from its last checkpoint", rank0), rank0
