@@ -100,7 +100,6 @@ class SpeedWatch:
         self.say, self.window = say, max(int(window), 1)
         self.warmed, self.iteration = False, 0
         self.block: list[dict] = []  # the current block's intervals (steps, step_ms, ...)
-        self.baseline_ms: float | None = None
         self.baseline: dict = {}  # the first steady block's medians (block_medians)
         self.last_block: dict = {}  # the latest block's
         self.blocks: list[float] = []  # step-time medians of the blocks since the baseline
@@ -131,6 +130,10 @@ class SpeedWatch:
     def warm(self) -> None:
         self.warmed = True
 
+    @property
+    def baseline_ms(self) -> float | None:
+        return self.baseline.get("step_ms")
+
     def interval(self, iteration: int, step_ms: float, gpu_step_ms: float | None = None,
                  data_wait: float | None = None) -> None:
         """One log interval: the iteration it ended at, its wall time per step, and beside it
@@ -146,7 +149,7 @@ class SpeedWatch:
         median, self.last_block = medians["step_ms"], medians
         self.block = []
         if self.baseline_ms is None:
-            self.baseline_ms, self.baseline = median, medians
+            self.baseline = medians
             return
         self.blocks.append(median)
         recent = [m / self.baseline_ms for m in self.blocks[-PERSIST:]]
@@ -179,8 +182,8 @@ class SpeedWatch:
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run keeps its baseline (a resume is warm-up again for compilations)."""
-        self.baseline_ms, self.drift = state["baseline_ms"], state["drift"]
-        self.baseline = dict(state.get("baseline") or {})
+        self.drift = state["drift"]  # a checkpoint before 2026-12-06 kept the step time alone
+        self.baseline = dict(state.get("baseline") or {"step_ms": state["baseline_ms"]})
         self.blocks = list(state.get("blocks", []))
 
 
