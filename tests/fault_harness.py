@@ -11,6 +11,9 @@ when it fires, for the test to time the teardown:
 - nan: the AT-th train batch's pixels are NaN.
 - disk: the AT-th write of last.pt meets a full disk (half written, then ENOSPC).
 - stop: the rank asks to stop (as Ctrl-C does) once AT iterations are done.
+
+RESPIPE_SLOW_TEARDOWN=S: every other rank's teardown (the checkpoint writer's close) takes S
+seconds longer, as on a loaded host, so that torchrun's SIGTERM lands during it.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import pipelines
+import train.checkpoint
 import train.files
 import train.loop
 from fixtures import FullDisk
@@ -103,6 +107,14 @@ def train_one_epoch(*args, **kwargs):
     return real_train_one_epoch(*bound.args, **bound.kwargs)
 
 
+real_close = train.checkpoint.CheckpointWriter.close
+
+
+def slow_close(self):
+    time.sleep(float(os.environ["RESPIPE_SLOW_TEARDOWN"]))
+    return real_close(self)
+
+
 real_build_loader = pipelines.build_loader
 if HERE and FAULT in ("record", "nan"):
     pipelines.build_loader = build_loader
@@ -112,6 +124,9 @@ elif HERE and FAULT == "stop":
     train.loop.train_one_epoch = train_one_epoch
 elif FAULT not in ("", "record", "nan", "disk", "stop"):
     sys.exit(f"RESPIPE_FAULT={FAULT!r}: expected record, nan, disk or stop")
+
+if not HERE and os.environ.get("RESPIPE_SLOW_TEARDOWN"):
+    train.checkpoint.CheckpointWriter.close = slow_close
 
 sys.argv = [str(ROOT / "train" / "run.py"), *sys.argv[1:]]
 runpy.run_path(sys.argv[0], run_name="__main__")

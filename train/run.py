@@ -180,11 +180,17 @@ def seed_everything(seed: int) -> None:
 
 
 class StopFlag:
-    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. Second: abort at once."""
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit. Second: abort at once.
 
-    def __init__(self):
+    hold_term: when an error ends training, SIGTERM is ignored from then on. Under torchrun a
+    rank whose peer failed is on its way out with its one-line message, but the launcher's
+    SIGTERM (sent within 0.1 s of the peer's exit) would kill it during its teardown, message
+    unsaid; torchrun still SIGKILLs it 30 s later should the teardown hang."""
+
+    def __init__(self, hold_term: bool = False):
         self.requested = False
         self.previous = {}
+        self.hold_term = hold_term
 
     def __enter__(self):
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -198,9 +204,11 @@ class StopFlag:
               "the next log step), then exiting; again to abort without saving",
               file=sys.stderr, flush=True)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        if exc_type is not None and self.hold_term:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Trainer:
@@ -375,7 +383,7 @@ class Trainer:
         meter = Meter(self.env, self.watch)
         status, val = "completed", None
         try:
-            with StopFlag() as stop:
+            with StopFlag(hold_term=self.env.distributed) as stop:
                 while state.iteration < self.total_iters:
                     epoch = state.epoch
                     result = train_one_epoch(
