@@ -38,6 +38,26 @@ def test_drift_is_said_once_when_it_lasts():
     watch.close()
 
 
+def test_a_resumed_watch_keeps_its_baseline_and_reads_older_checkpoints():
+    """The state holds the baseline block once; a checkpoint written before 2026-12-06 kept its
+    step time alone (`baseline_ms`), and still resumes with it."""
+    watch = SpeedWatch(say=lambda _: None, window=4)
+    watch.warm()
+    for i in range(1, 9):
+        watch.interval(i, 10.0 if i <= 4 else 12.0, gpu_step_ms=9.0, data_wait=0.01)
+    state = watch.state_dict()
+    assert "baseline_ms" not in state and state["baseline"]["step_ms"] == 10.0
+    resumed = SpeedWatch(say=lambda _: None, window=4)
+    resumed.load_state_dict(state)
+    assert resumed.baseline == watch.baseline and resumed.blocks == [12.0]
+    early = SpeedWatch(say=lambda _: None, window=4)  # saved before its first steady block
+    early.load_state_dict(SpeedWatch().state_dict())
+    assert early.baseline_ms is None
+    older = SpeedWatch(say=lambda _: None, window=4)
+    older.load_state_dict({"baseline_ms": 10.0, "blocks": [12.0], "drift": None})
+    assert older.baseline_ms == 10.0 and older.blocks == [12.0]
+
+
 def test_a_drift_says_what_moved_beside_it(monkeypatch):
     """The GPU's step time, the data wait and the host's load average of the baseline block
     and of the drifted one are said with the drift and kept in its record."""

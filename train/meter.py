@@ -177,13 +177,14 @@ class SpeedWatch:
                 "recompiles_after_warmup": self.recompiles}
 
     def state_dict(self) -> dict:
-        return {"baseline_ms": self.baseline_ms, "baseline": self.baseline,
-                "blocks": self.blocks, "drift": self.drift}
+        return {"baseline": self.baseline, "blocks": self.blocks, "drift": self.drift}
 
     def load_state_dict(self, state: dict) -> None:
         """A resumed run keeps its baseline (a resume is warm-up again for compilations)."""
-        self.drift = state["drift"]  # a checkpoint before 2026-12-06 kept the step time alone
-        self.baseline = dict(state.get("baseline") or {"step_ms": state["baseline_ms"]})
+        self.drift = state["drift"]
+        # a checkpoint before 2026-12-06 kept the baseline's step time alone
+        self.baseline = dict(state["baseline"] if "baseline" in state
+                             else {"step_ms": state["baseline_ms"]})
         self.blocks = list(state.get("blocks", []))
 
 
